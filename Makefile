@@ -1,0 +1,34 @@
+# bimaco-deploy: install, build, test, demo, bench.
+# `make test` on a fresh machine installs everything the project needs first.
+PYTHON ?= python3
+PIP := $(PYTHON) -m pip
+# torch's CPU build first: a plain `torch` requirement would pull a multi-GB CUDA build.
+TORCH_SPEC ?= torch==2.13.0
+STAMP := build/.installed
+
+.PHONY: install build test test-all demo bench clean
+
+install: $(STAMP)
+
+$(STAMP): pyproject.toml
+	$(PIP) install -q "$(TORCH_SPEC)"
+	$(PIP) install -q -e ".[dev,calib]"
+	@mkdir -p build && touch $(STAMP)
+
+build: install
+	$(PYTHON) -m bimaco_deploy.plugins.native build
+
+test: build
+	$(PYTHON) -m pytest -q
+
+test-all: build
+	$(PYTHON) -m pytest -q -m "slow or not slow"
+
+demo: build
+	$(PYTHON) -m bimaco_deploy.demo
+
+bench: build
+	$(PYTHON) benchmarks/run_all.py
+
+clean:
+	rm -rf build .pytest_cache

@@ -87,8 +87,17 @@ class BinaryConfig:
     conv_smb: bool
     linear_lrmb: bool
     linear_smb: bool
-    fp_conv_keywords: Tuple[str, ...]
-    fp_linear_keywords: Tuple[str, ...]
+    # (keywords, parameter threshold in millions): a layer whose name contains a keyword
+    # and that has fewer parameters than the threshold stays full precision.
+    fp_conv_rules: Tuple[Tuple[Tuple[str, ...], float], ...]
+    fp_linear_rules: Tuple[Tuple[Tuple[str, ...], float], ...]
+
+    def keeps_full_precision(self, name: str, num_params: int, is_conv: bool) -> bool:
+        """Whether the original's replacement leaves this layer as a float layer."""
+        rules = self.fp_conv_rules if is_conv else self.fp_linear_rules
+        return any(
+            any(k in name for k in keywords) and num_params < threshold * 1e6 for keywords, threshold in rules
+        )
 
 
 @dataclass(frozen=True)
@@ -263,12 +272,15 @@ def _parse_binary(p: _Section) -> Optional[BinaryConfig]:
     conv_rank, conv_lrmb, conv_smb = _quant_config(p, "conv_quant_config")
     lin_rank, lin_lrmb, lin_smb = _quant_config(p, "linear_quant_config")
 
-    def keywords(key: str) -> Tuple[str, ...]:
-        out: List[str] = []
+    def rules(key: str) -> Tuple[Tuple[Tuple[str, ...], float], ...]:
+        out = []
         for entry in p.get(key, list, []):
             if not isinstance(entry, dict) or "skip_keywords" not in entry:
                 raise ConfigError(f"{p.source}: entries of '{p._path(key)}' need 'skip_keywords', got {entry!r}")
-            out.extend(str(k) for k in entry["skip_keywords"])
+            threshold = entry.get("param_threshold", float("inf"))
+            if not isinstance(threshold, (int, float)):
+                raise ConfigError(f"{p.source}: '{p._path(key)}.param_threshold' must be a number, got {threshold!r}")
+            out.append((tuple(str(k) for k in entry["skip_keywords"]), float(threshold)))
         return tuple(out)
 
     return BinaryConfig(
@@ -278,8 +290,8 @@ def _parse_binary(p: _Section) -> Optional[BinaryConfig]:
         conv_smb=conv_smb,
         linear_lrmb=lin_lrmb,
         linear_smb=lin_smb,
-        fp_conv_keywords=keywords("which_fp_conv"),
-        fp_linear_keywords=keywords("which_fp_linear"),
+        fp_conv_rules=rules("which_fp_conv"),
+        fp_linear_rules=rules("which_fp_linear"),
     )
 
 

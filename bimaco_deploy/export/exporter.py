@@ -1,0 +1,212 @@
+"""``bimaco-deploy export``: checkpoint + config -> an artifact directory.
+
+The directory holds
+
+* ``unet.onnx``: the UNet with ``bimaco`` custom nodes (packed int32 sign bits),
+  for TensorRT with our plugin and for our own kernels;
+* ``unet_portable.onnx``: the same graph with every custom node expanded into
+  standard ops reading the same initializers, for ONNX Runtime and for checks;
+* ``vq_encoder.onnx`` / ``vq_decoder.onnx`` when a VQ checkpoint is given (or
+  with random weights under random init);
+* ``export_report.json``: see :mod:`.report`.
+
+The directory is written next to its destination under a temporary name and
+renamed at the end, so a failure never leaves a half-written artifact.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Dict, Optional, Union
+
+import numpy as np
+import onnx
+
+from ..errors import ArtifactError, ConfigError
+from ..plugins import contract
+from .graph_builder import DEFAULT_OPSET
+from .layer_params import state_to_numpy
+from .portable import to_portable
+from .report import build_report, render_report
+from .unet_graph import build_unet_graph
+from .vq import build_vq_graphs
+
+PathLike = Union[str, Path]
+
+UNET_FILE = "unet.onnx"
+PORTABLE_FILE = "unet_portable.onnx"
+VQ_ENCODER_FILE = "vq_encoder.onnx"
+VQ_DECODER_FILE = "vq_decoder.onnx"
+REPORT_FILE = "export_report.json"
+
+DTYPES = {"fp32": np.float32, "fp16": np.float16}
+
+
+@dataclass
+class ExportResult:
+    """Where the artifacts went, and the report written beside them."""
+
+    out_dir: Path
+    files: Dict[str, Path]
+    report: Dict[str, Any]
+
+
+def _metadata(cfg: Any, dtype: str, graph_form: str, extra: Optional[Dict[str, str]] = None) -> Dict[str, str]:
+    from .. import __version__
+
+    meta = {
+        "bimaco_contract_version": str(contract.CONTRACT_VERSION),
+        "bimaco_deploy_version": __version__,
+        "float_dtype": str(np.dtype(DTYPES[dtype])),
+        "graph_form": graph_form,
+        "config_yaml": Path(cfg.source).read_text(),
+        "config_source": str(cfg.source),
+    }
+    if extra:
+        meta.update(extra)
+    return meta
+
+
+def _set_metadata(model: onnx.ModelProto, meta: Dict[str, str]) -> None:
+    del model.metadata_props[:]
+    onnx.helper.set_model_props(model, meta)
+
+
+def _save(model: onnx.ModelProto, path: Path) -> None:
+    # one self-contained file: the binary UNet is small enough for a single protobuf
+    onnx.save_model(model, str(path))
+
+
+def _progress(enabled: bool, console: Any):
+    from rich.progress import Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
+
+    return Progress(
+        SpinnerColumn(), TextColumn("{task.description}"), TimeElapsedColumn(), console=console, disable=not enabled, transient=True
+    )
+
+
+def export(
+    config: PathLike,
+    ckpt: Optional[PathLike],
+    out_dir: PathLike,
+    *,
+    seed: Optional[int] = None,
+    vq_ckpt: Optional[PathLike] = None,
+    dtype: str = "fp32",
+    opset: int = DEFAULT_OPSET,
+    force: bool = False,
+    progress: bool = True,
+    console: Any = None,
+    print_report: bool = True,
+) -> ExportResult:
+    """Export a BiMaCoSR UNet (and optionally its VQ autoencoder) to an artifact directory.
+
+    ``ckpt`` None means seeded random weights (``seed``, default 0), for size and
+    speed figures of a config without a trained checkpoint. ``dtype`` "fp16"
+    stores full-precision weights and activations in float16 (sign bits,
+    alpha and bias of the binary cores stay as the contract says). Refuses an
+    existing ``out_dir`` unless ``force``.
+    """
+    from ..models import load_autoencoder, load_config, load_unet
+    from ..models.checkpoint import read_state_dict
+
+    if dtype not in DTYPES:
+        raise ConfigError(f"dtype must be one of {sorted(DTYPES)}, got {dtype!r}")
+    if opset != DEFAULT_OPSET:
+        raise ConfigError(f"only opset {DEFAULT_OPSET} is supported (the graphs use opset-{DEFAULT_OPSET} op forms), got {opset}")
+    out_dir = Path(out_dir)
+    if out_dir.exists() and not force:
+        raise ArtifactError(f"{out_dir}: output directory already exists; pass --force to replace it")
+    if out_dir.exists() and not out_dir.is_dir():
+        raise ArtifactError(f"{out_dir}: exists and is not a directory")
+    cfg = load_config(config)
+    if cfg.unet.binary is None:
+        raise ConfigError(f"{cfg.source}: describes a full-precision UNet; export needs a binarized (BiMaCoSR) config")
+    from rich.console import Console
+
+    console = console or Console(stderr=True)
+    out_dir.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.tmp-", dir=out_dir.parent))
+    try:
+        with _progress(progress, console) as prog:
+            task = prog.add_task("loading the UNet" + (" (random init)" if ckpt is None else ""), total=None)
+            if ckpt is None:
+                model = load_unet(cfg, None, seed=seed)
+                state = state_to_numpy(model.state_dict())
+                del model
+            else:
+                # the raw checkpoint (unwrapped, prefix stripped): the graph writer consumes every
+                # key itself, so dead entries are counted and unknown ones are refused
+                state = state_to_numpy(read_state_dict(ckpt))
+            prog.update(task, description="writing unet.onnx (packing sign bits)")
+            graph = build_unet_graph(cfg.unet, state, float_dtype=DTYPES[dtype], source=str(ckpt or "random init"))
+            del state
+            one = cfg.diffusion.one_step() if cfg.diffusion is not None else None
+            extra = {
+                "size_multiple": str(cfg.unet.size_multiple),
+                "inputs": "x,timesteps,lq",
+                "outputs": "out",
+                # tensor names around every binary layer: the parity checker cuts single-layer graphs here
+                "binary_layers": json.dumps([[r.name, r.input_name, r.output_name, r.x_rank] for r in graph.layers]),
+            }
+            if one is not None:
+                extra.update(timestep=str(one.timestep), prior_scale=repr(one.prior_scale), input_scale=repr(one.input_scale))
+            _set_metadata(graph.model, _metadata(cfg, dtype, "custom", extra))
+            files: Dict[str, Path] = {}
+            _save(graph.model, tmp / UNET_FILE)
+            files[UNET_FILE] = tmp / UNET_FILE
+            prog.update(task, description="writing unet_portable.onnx (standard-op expansion)")
+            portable = to_portable(graph.model)
+            _save(portable, tmp / PORTABLE_FILE)
+            files[PORTABLE_FILE] = tmp / PORTABLE_FILE
+            models = {UNET_FILE: graph.model, PORTABLE_FILE: portable}
+            vq_dtype = None
+            if cfg.autoencoder is not None and (vq_ckpt is not None or ckpt is None):
+                prog.update(task, description="writing the VQ encoder and decoder")
+                vq = load_autoencoder(cfg.autoencoder, vq_ckpt, seed=seed)
+                vq_dtype = "fp16" if cfg.autoencoder.use_fp16 else "fp32"
+                enc, dec = build_vq_graphs(
+                    cfg.autoencoder, state_to_numpy(vq.state_dict()), compute_dtype=DTYPES[vq_dtype],
+                    source=str(vq_ckpt or "random init"),
+                )
+                for name, m in ((VQ_ENCODER_FILE, enc), (VQ_DECODER_FILE, dec)):
+                    _set_metadata(m, _metadata(cfg, vq_dtype, "vq", {"downscale": str(cfg.autoencoder.downscale)}))
+                    _save(m, tmp / name)
+                    files[name] = tmp / name
+                    models[name] = m
+            elif vq_ckpt is not None:
+                raise ConfigError(f"{cfg.source}: a VQ checkpoint was given but the config has no 'autoencoder' section")
+            prog.update(task, description="writing the report")
+            report = build_report(
+                config_path=Path(cfg.source),
+                inputs={"config": Path(cfg.source), "unet_checkpoint": Path(ckpt) if ckpt else None,
+                        "vq_checkpoint": Path(vq_ckpt) if vq_ckpt else None},
+                layers=graph.layers,
+                float_twin_params=graph.float_twin_params,
+                files=files,
+                models=models,
+                dead_keys=graph.dead_keys,
+                dtype=dtype,
+                opset=opset,
+                extra={"random_init": ckpt is None, "seed": seed if ckpt is None else None, "vq_dtype": vq_dtype},
+            )
+            (tmp / REPORT_FILE).write_text(json.dumps(report, indent=1))
+        # publish: move any old directory aside first, so the swap leaves one complete directory
+        backup = None
+        if out_dir.exists():
+            backup = out_dir.with_name(f".{out_dir.name}.old-{tmp.name.rsplit('-', 1)[-1]}")
+            out_dir.rename(backup)
+        tmp.rename(out_dir)
+        if backup is not None:
+            shutil.rmtree(backup, ignore_errors=True)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    final = {name: out_dir / name for name in files}
+    if print_report:
+        render_report(report, console)
+    return ExportResult(out_dir=out_dir, files=final, report=report)

@@ -1,0 +1,176 @@
+"""The VQ-f4 autoencoder as two ONNX graphs: ``vq_encoder.onnx`` and ``vq_decoder.onnx``.
+
+Encoder: image [N, 3, H, W] -> ``quant_conv(encoder(image))``, the continuous
+latent (the sampler never quantizes on the encode side).
+Decoder: latent -> nearest-codebook snapping (``z + (e_idx - z)``, first index
+on ties, the original's |z|^2 + |e|^2 - 2 z.e distance) -> ``post_quant_conv``
+-> decoder. Inputs and outputs are float32; ``compute_dtype`` float16 casts
+inside, as the sampler does with ``use_fp16: true``. Written by hand like the
+UNet graph (see :mod:`.unet_graph`), all shapes dynamic.
+"""
+
+from __future__ import annotations
+
+from typing import Mapping, Tuple
+
+import numpy as np
+import onnx
+from onnx import TensorProto
+
+from ..models.config import VQConfig
+from .graph_builder import GraphBuilder
+from .layer_params import StateReader
+
+VQ_GN_EPS = 1e-6
+
+
+class _VQWriter:
+    def __init__(self, cfg: VQConfig, reader: StateReader, compute_dtype: np.dtype):
+        self.cfg = cfg
+        self.reader = reader
+        self.gb = GraphBuilder(compute_dtype)
+
+    def conv(self, prefix: str, x: str, k: int, stride: int = 1, pad: int = 0) -> str:
+        w = self.reader.take(prefix + ".weight")
+        b = self.reader.take(prefix + ".bias")
+        if w.ndim != 4 or w.shape[2:] != (k, k):
+            raise ValueError(f"{prefix}.weight has shape {list(w.shape)}, expected a {k}x{k} kernel")
+        gb = self.gb
+        return gb.op(
+            "Conv", [x, gb.weight(prefix + ".weight", w), gb.weight(prefix + ".bias", b)],
+            kernel_shape=[k, k], strides=[stride, stride], pads=[pad] * 4, name=prefix,
+        )
+
+    def norm(self, prefix: str, x: str) -> str:
+        gb = self.gb
+        gamma = self.reader.take(prefix + ".weight")
+        beta = self.reader.take(prefix + ".bias")
+        grouped = gb.reshape(x, [0, 32, -1], name=f"{prefix}/group")
+        normed = gb.op(
+            "InstanceNormalization", [grouped, gb.fconst(np.ones(32)), gb.fconst(np.zeros(32))], epsilon=VQ_GN_EPS, name=prefix
+        )
+        back = gb.reshape(normed, gb.shape_of(x), name=f"{prefix}/ungroup")
+        y = gb.op("Mul", [back, gb.weight(prefix + ".weight", gamma.reshape(-1, 1, 1))], name=f"{prefix}/scale")
+        return gb.op("Add", [y, gb.weight(prefix + ".bias", beta.reshape(-1, 1, 1))], name=f"{prefix}/shift")
+
+    def swish(self, x: str, name: str) -> str:
+        return self.gb.op("Mul", [x, self.gb.op("Sigmoid", [x], name=f"{name}/sigmoid")], name=f"{name}/swish")
+
+    def resblock(self, prefix: str, x: str) -> str:
+        h = self.conv(prefix + ".conv1", self.swish(self.norm(prefix + ".norm1", x), prefix + ".act1"), 3, pad=1)
+        h = self.conv(prefix + ".conv2", self.swish(self.norm(prefix + ".norm2", h), prefix + ".act2"), 3, pad=1)
+        if self.reader.has(prefix + ".nin_shortcut.weight"):
+            x = self.conv(prefix + ".nin_shortcut", x, 1)
+        return self.gb.op("Add", [x, h], name=f"{prefix}/residual")
+
+    def attn(self, prefix: str, x: str) -> str:
+        gb = self.gb
+        hn = self.norm(prefix + ".norm", x)
+        q, k, v = (self.conv(f"{prefix}.{n}", hn, 1) for n in "qkv")
+        c = int(self.reader.state[prefix + ".q.weight"].shape[0])
+        qf = gb.op("Transpose", [gb.reshape(q, [0, 0, -1], name=f"{prefix}/q_flat")], perm=[0, 2, 1], name=f"{prefix}/q_t")
+        kf = gb.reshape(k, [0, 0, -1], name=f"{prefix}/k_flat")
+        w = gb.op("Mul", [gb.op("MatMul", [qf, kf], name=f"{prefix}/qk"), gb.fconst(np.float32(int(c) ** -0.5))], name=f"{prefix}/scaled")
+        w = gb.op("Softmax", [w], axis=2, name=f"{prefix}/softmax")
+        vf = gb.reshape(v, [0, 0, -1], name=f"{prefix}/v_flat")
+        out = gb.op("MatMul", [vf, gb.op("Transpose", [w], perm=[0, 2, 1], name=f"{prefix}/w_t")], name=f"{prefix}/wv")
+        out = gb.reshape(out, gb.shape_of(x), name=f"{prefix}/unflat")
+        return gb.op("Add", [x, self.conv(prefix + ".proj_out", out, 1)], name=f"{prefix}/residual")
+
+    def mid(self, prefix: str, x: str) -> str:
+        x = self.resblock(prefix + ".block_1", x)
+        x = self.attn(prefix + ".attn_1", x)
+        return self.resblock(prefix + ".block_2", x)
+
+    def level_blocks(self, prefix: str, x: str, n_blocks: int) -> str:
+        for j in range(n_blocks):
+            x = self.resblock(f"{prefix}.block.{j}", x)
+            if self.reader.has(f"{prefix}.attn.{j}.q.weight"):
+                x = self.attn(f"{prefix}.attn.{j}", x)
+        return x
+
+    # ------------------------------------------------------------------ graphs
+    def _io(self, name: str, channels: int) -> Tuple[str, str]:
+        gb = self.gb
+        x = gb.add_input(name, TensorProto.FLOAT, ["N", channels, "H", "W"])
+        if gb.float_dtype == np.float16:
+            x = gb.op("Cast", [x], to=TensorProto.FLOAT16, name="input_to_f16")
+        return x, name
+
+    def _finish(self, y: str, out_name: str, channels: int, graph_name: str) -> onnx.ModelProto:
+        gb = self.gb
+        if gb.float_dtype == np.float16:
+            gb.op("Cast", [y], outputs=[out_name], to=TensorProto.FLOAT, name="output_to_f32")
+        else:
+            gb.op("Identity", [y], outputs=[out_name], name="output")
+        gb.add_output(out_name, TensorProto.FLOAT, ["N", channels, "H_out", "W_out"])
+        return gb.make_model(graph_name)
+
+    def encoder(self) -> onnx.ModelProto:
+        cfg, gb = self.cfg, self.gb
+        h, _ = self._io("image", cfg.in_channels)
+        h = self.conv("encoder.conv_in", h, 3, pad=1)
+        n = len(cfg.ch_mult)
+        for level in range(n):
+            h = self.level_blocks(f"encoder.down.{level}", h, cfg.num_res_blocks)
+            if level != n - 1:
+                # zero-pad right and bottom by one, then a stride-2 conv without padding
+                padded = gb.op("Pad", [h, gb.i64([0, 0, 0, 0, 0, 0, 1, 1])], mode="constant", name=f"encoder.down.{level}.downsample/pad")
+                h = self.conv(f"encoder.down.{level}.downsample.conv", padded, 3, stride=2)
+        h = self.mid("encoder.mid", h)
+        h = self.conv("encoder.conv_out", self.swish(self.norm("encoder.norm_out", h), "encoder.act_out"), 3, pad=1)
+        h = self.conv("quant_conv", h, 1)
+        return self._finish(h, "latent", cfg.embed_dim, "vq_encoder")
+
+    def quantize(self, z: str) -> str:
+        """Nearest codebook vector per latent pixel, with the original's distance and z + (e - z)."""
+        gb = self.gb
+        e = self.reader.take("quantize.embedding.weight", (self.cfg.n_embed, self.cfg.embed_dim))
+        d = self.cfg.embed_dim
+        emb = gb.weight("quantize.embedding.weight", e)
+        zl = gb.op("Transpose", [z], perm=[0, 2, 3, 1], name="quantize/nhwc")
+        flat = gb.reshape(zl, [-1, d], name="quantize/flat")
+        two = gb.fconst(2.0)
+        z2 = gb.op("ReduceSum", [gb.op("Mul", [flat, flat], name="quantize/z_sq"), gb.i64([1])], keepdims=1, name="quantize/z_norm")
+        e2 = gb.op("ReduceSum", [gb.op("Mul", [emb, emb], name="quantize/e_sq"), gb.i64([1])], keepdims=0, name="quantize/e_norm")
+        ze = gb.op("MatMul", [flat, gb.op("Transpose", [emb], perm=[1, 0], name="quantize/e_t")], name="quantize/z_dot_e")
+        dist = gb.op("Sub", [gb.op("Add", [z2, e2], name="quantize/norms"), gb.op("Mul", [ze, two], name="quantize/two_dot")], name="quantize/dist")
+        if gb.float_dtype == np.float16:
+            dist = gb.op("Cast", [dist], to=TensorProto.FLOAT, name="quantize/dist_f32")  # exact widening; same argmin
+        idx = gb.op("ArgMin", [dist], axis=1, keepdims=0, select_last_index=0, name="quantize/argmin")
+        chosen = gb.op("Gather", [emb, idx], axis=0, name="quantize/lookup")
+        zq = gb.op("Add", [flat, gb.op("Sub", [chosen, flat], name="quantize/delta")], name="quantize/straight_through")
+        zq = gb.reshape(zq, gb.shape_of(zl), name="quantize/unflat")
+        return gb.op("Transpose", [zq], perm=[0, 3, 1, 2], name="quantize/nchw")
+
+    def decoder(self) -> onnx.ModelProto:
+        cfg = self.cfg
+        z, _ = self._io("latent", cfg.embed_dim)
+        h = self.quantize(z)
+        h = self.conv("post_quant_conv", h, 1)
+        h = self.conv("decoder.conv_in", h, 3, pad=1)
+        h = self.mid("decoder.mid", h)
+        n = len(cfg.ch_mult)
+        gb = self.gb
+        for level in reversed(range(n)):
+            h = self.level_blocks(f"decoder.up.{level}", h, cfg.num_res_blocks + 1)
+            if level != 0:
+                h = gb.op(
+                    "Resize", [h, gb.const(np.zeros(0, np.float32)), gb.const(np.array([1, 1, 2, 2], np.float32))],
+                    mode="nearest", coordinate_transformation_mode="asymmetric", nearest_mode="floor",
+                    name=f"decoder.up.{level}.upsample/resize",
+                )
+                h = self.conv(f"decoder.up.{level}.upsample.conv", h, 3, pad=1)
+        h = self.conv("decoder.conv_out", self.swish(self.norm("decoder.norm_out", h), "decoder.act_out"), 3, pad=1)
+        return self._finish(h, "image", cfg.out_ch, "vq_decoder")
+
+
+def build_vq_graphs(
+    cfg: VQConfig, state: Mapping[str, np.ndarray], *, compute_dtype: type = np.float32, source: str = "autoencoder"
+) -> Tuple[onnx.ModelProto, onnx.ModelProto]:
+    """(encoder, decoder) ONNX models of the VQ autoencoder from its config and state dict."""
+    reader = StateReader(state, source)
+    enc = _VQWriter(cfg, reader, np.dtype(compute_dtype)).encoder()
+    dec = _VQWriter(cfg, reader, np.dtype(compute_dtype)).decoder()
+    reader.check_all_used()
+    return enc, dec

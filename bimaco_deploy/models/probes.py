@@ -1,0 +1,202 @@
+"""Looking inside a forward: capture what each binary layer binarizes, and sign margins.
+
+Parity of a binary network is judged by signs (DESIGN.md, "Parity"): these helpers
+record every binary layer's input during a forward, compute the margin |x| / s of
+each element (s = the scale it is binarized with) and compare sign patterns.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from dataclasses import dataclass
+from typing import Callable, Dict, Iterator, List, Optional, Tuple
+
+import numpy as np
+import torch
+from torch import nn
+
+from .binary_layers import BinaryConv2d
+from .unet import iter_binary_layers
+
+
+@contextlib.contextmanager
+def capture_binary_inputs(model: nn.Module, first_call_only: bool = True) -> Iterator[Dict[str, torch.Tensor]]:
+    """Record the input of every binary layer during the forwards run inside the block.
+
+    Yields a dict {layer name: input tensor (detached clone)} filled in execution order.
+    """
+    captured: Dict[str, torch.Tensor] = {}
+    handles = []
+
+    def make_hook(name: str) -> Callable:
+        def hook(_module: nn.Module, args: Tuple[torch.Tensor, ...]) -> None:
+            if first_call_only and name in captured:
+                return
+            captured[name] = args[0].detach().clone()
+
+        return hook
+
+    for name, layer in iter_binary_layers(model):
+        handles.append(layer.register_forward_pre_hook(make_hook(name)))
+    try:
+        yield captured
+    finally:
+        for h in handles:
+            h.remove()
+
+
+@contextlib.contextmanager
+def force_signs(model: nn.Module, flips: Dict[str, np.ndarray]) -> Iterator[None]:
+    """Negate chosen elements (flat indices) of chosen binary layers' inputs, on their first call.
+
+    Used to show that a divergence from a reference is explained by a single
+    near-zero activation taking the other sign: negating x keeps |x| (so the scale),
+    flips the sign, and moves the float side branches by only 2|x| (tiny by definition).
+    """
+    done: set = set()
+    handles = []
+
+    def make_hook(name: str, idx: np.ndarray) -> Callable:
+        def hook(_module: nn.Module, args: Tuple[torch.Tensor, ...]):
+            if name in done:
+                return None
+            done.add(name)
+            x = args[0].clone()
+            flat = x.view(-1)
+            t = torch.as_tensor(idx, dtype=torch.long)
+            flat[t] = -flat[t]
+            return (x,) + tuple(args[1:])
+
+        return hook
+
+    layers = dict(iter_binary_layers(model))
+    for name, idx in flips.items():
+        handles.append(layers[name].register_forward_pre_hook(make_hook(name, np.asarray(idx))))
+    try:
+        yield
+    finally:
+        for h in handles:
+            h.remove()
+
+
+def sign_margins(layer: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    """|x| / s for every element, with s the scale the layer binarizes that element with."""
+    channel_dim = 1 if isinstance(layer, BinaryConv2d) else -1
+    s = x.abs().mean(dim=channel_dim, keepdim=True)
+    return x.abs() / torch.where(s > 0, s, torch.ones_like(s))
+
+
+@dataclass
+class SignComparison:
+    """How a backend's binarized signs compare with a reference's for one layer."""
+
+    layer: str
+    elements: int
+    disagreements: int
+    fragile_disagreements: int  # at elements whose margin is below the tolerance
+    min_margin_of_disagreement: Optional[float]
+
+
+def compare_signs(
+    name: str, ours: torch.Tensor, ref_negative: np.ndarray, ref_zero: np.ndarray, margins: np.ndarray, tol: float
+) -> SignComparison:
+    """Compare sign patterns (negative / zero / positive) with a reference's, classifying disagreements."""
+    x = ours.reshape(-1).numpy()
+    ours_code = np.sign(x).astype(np.int8)
+    ref_code = np.where(ref_negative, -1, 1).astype(np.int8)
+    ref_code[ref_zero] = 0
+    diff = np.nonzero(ours_code != ref_code)[0]
+    m = margins.reshape(-1)[diff]
+    return SignComparison(
+        layer=name,
+        elements=x.size,
+        disagreements=int(diff.size),
+        fragile_disagreements=int((m < tol).sum()),
+        min_margin_of_disagreement=float(m.min()) if diff.size else None,
+    )
+
+
+def flat_positions(shape: Tuple[int, ...], idx: np.ndarray) -> List[Tuple[int, ...]]:
+    """Flat indices -> coordinate tuples (for messages)."""
+    return [tuple(int(v) for v in np.unravel_index(i, shape)) for i in idx]
+
+
+@dataclass
+class DivergenceExplanation:
+    """Result of :func:`explain_divergence`: the flips that make our forward follow the reference's."""
+
+    flips: List[Tuple[str, int, float]]  # (layer, flat index, reference margin)
+    max_abs_error: float
+    explained: bool
+    first_divergence: Optional[Tuple[str, float]]
+
+
+def explain_divergence(
+    run: Callable[[Dict[str, np.ndarray]], Tuple[torch.Tensor, Dict[str, torch.Tensor]]],
+    layers: Dict[str, nn.Module],
+    order: List[str],
+    fragile: Dict[str, Tuple[np.ndarray, np.ndarray]],
+    reference_out: np.ndarray,
+    *,
+    atol: float = 1e-5,
+    margin_tol: float = 1e-5,
+    flip_margin: float = 1e-6,
+    max_flips: int = 8,
+) -> DivergenceExplanation:
+    """Find the near-zero activations whose sign differs between us and a reference.
+
+    The reference is known only through its output and, per layer, the positions and
+    margins of its fragile elements (``fragile[layer] = (flat indices, margins)``, as in
+    the fixtures' signs.npz). Our margins at those positions track the reference's
+    until the first flip; the first layer where they stop tracking bounds where it
+    happened. Greedily negate one candidate (reference margin < ``flip_margin``)
+    before that bound, keep the one that pushes the divergence furthest, repeat.
+    A divergence explained this way is float-rounding noise, not a bug.
+    """
+
+    def track(flips: Dict[str, List[int]]):
+        out, cap = run({k: np.asarray(v) for k, v in flips.items()})
+        first = None
+        for pos, name in enumerate(order):
+            if name not in fragile:
+                continue
+            idx, ref_m = fragile[name]
+            ours = sign_margins(layers[name], cap[name]).reshape(-1).numpy()[idx]
+            dev = np.abs(ours - ref_m)
+            if dev.max() > margin_tol:
+                first = (pos, name, float(dev.max()))
+                break
+        return float(np.abs(out.numpy() - reference_out).max()), first
+
+    chosen: List[Tuple[str, int, float]] = []
+    flips: Dict[str, List[int]] = {}
+    err, first = track(flips)
+    while err > atol and first is not None and len(chosen) < max_flips:
+        bound = first[0]
+        cands = [
+            (pos, name, int(i), float(m))
+            for pos, name in enumerate(order[: bound + 1])
+            if name in fragile
+            for i, m in zip(*fragile[name])
+            if 0 < m < flip_margin and (name, int(i)) not in {(c[0], c[1]) for c in chosen}
+        ]
+        best = None
+        for pos, name, i, m in sorted(cands, key=lambda c: -c[0]):
+            trial = {k: list(v) for k, v in flips.items()}
+            trial.setdefault(name, []).append(i)
+            t_err, t_first = track(trial)
+            t_pos = len(order) if t_first is None else t_first[0]
+            if best is None or t_pos > best[0] or (t_pos == best[0] and t_err < best[1]):
+                best = (t_pos, t_err, t_first, name, i, m, trial)
+            if t_err <= atol:
+                break
+        if best is None or best[0] <= bound:
+            break
+        _, err, first, name, i, m, flips = best
+        chosen.append((name, i, m))
+    return DivergenceExplanation(
+        flips=chosen,
+        max_abs_error=err,
+        explained=err <= atol,
+        first_divergence=None if first is None else (first[1], first[2]),
+    )

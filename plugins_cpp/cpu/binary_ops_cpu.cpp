@@ -1,0 +1,366 @@
+// Dispatcher of the CPU kernels: ISA choice, sign packing into a padded channel-last
+// buffer, weight repacking into the chosen kernel's lane layout, work tiling.
+#include "binary_ops_cpu.h"
+
+#include <algorithm>
+#include <atomic>
+#include <cstdlib>
+#include <cstring>
+#include <stdexcept>
+#include <thread>
+
+#include "kernel_common.h"
+
+namespace bimaco {
+namespace cpu {
+
+using detail::Gemm;
+using detail::Tile;
+
+namespace {
+
+constexpr int kPixelChunk = 64;           // output pixels of one row per work item
+constexpr int64_t kWeightBlockBytes = 32 * 1024;  // weights of one work item stay in L1
+
+bool cpu_has(Isa isa) {
+  switch (isa) {
+    case Isa::kScalar:
+      return true;
+#if defined(__x86_64__) || defined(_M_X64)
+    case Isa::kPopcnt:
+      return __builtin_cpu_supports("popcnt");
+    case Isa::kAvx2:
+      return __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma");
+    case Isa::kAvx512:
+      return __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512vpopcntdq");
+#endif
+#if defined(__aarch64__)
+    case Isa::kNeon:
+      return true;  // Advanced SIMD is mandatory on AArch64
+#endif
+    default:
+      return false;
+  }
+}
+
+int lanes_of(Isa isa) {
+  switch (isa) {
+    case Isa::kAvx2:
+      return 8;
+    case Isa::kAvx512:
+      return 16;
+    case Isa::kNeon:
+      return 4;
+    default:
+      return 1;
+  }
+}
+
+using GemmFn = void (*)(const Gemm&, const Tile&);
+
+GemmFn gemm_of(Isa isa) {
+  switch (isa) {
+#if defined(__x86_64__) || defined(_M_X64)
+    case Isa::kPopcnt:
+      return detail::gemm_popcnt;
+    case Isa::kAvx2:
+      return detail::gemm_avx2;
+    case Isa::kAvx512:
+      return detail::gemm_avx512;
+#endif
+#if defined(__aarch64__)
+    case Isa::kNeon:
+      return detail::gemm_neon;
+#endif
+    default:
+      return detail::gemm_scalar;
+  }
+}
+
+Isa best_isa() {
+  // Measured on AMD Zen3 (benchmarks/bench_layers.py): the AVX2 nibble-lookup kernel
+  // beats the scalar POPCNT kernel, so it is preferred when both exist.
+  for (Isa isa : {Isa::kAvx512, Isa::kAvx2, Isa::kNeon, Isa::kPopcnt})
+    if (cpu_has(isa)) return isa;
+  return Isa::kScalar;
+}
+
+// -1: automatic; else the forced Isa value.
+std::atomic<int> g_forced{-2};  // -2: environment not read yet
+
+int forced_isa() {
+  int f = g_forced.load();
+  if (f == -2) {
+    f = -1;
+    if (const char* env = std::getenv("BIMACO_CPU_ISA")) {
+      Isa isa;
+      if (parse_isa(env, &isa) && cpu_has(isa)) f = int(isa);
+      // an unknown or unavailable value falls back to automatic choice; the Python
+      // layer reports the active ISA so the user can see what ran
+    }
+    int expected = -2;
+    g_forced.compare_exchange_strong(expected, f);
+    f = g_forced.load();
+  }
+  return f;
+}
+
+bool packs_with_avx2(Isa isa) { return isa == Isa::kAvx2 || isa == Isa::kAvx512; }
+
+// Weights [o][taps][words] -> lane-interleaved blocks [ob][tap][word][lane]. Tail bits of
+// the last word are cleared in the sign words and SET in the zero words, so neither can
+// count; padded output channels get all-zero signs and all-invalid zero words.
+void repack(const int32_t* src, int o, int taps, int words, int c, int lanes, bool as_zero_mask,
+            std::vector<uint32_t>* dst) {
+  const int nob = (o + lanes - 1) / lanes;
+  const int tail = c - 32 * (words - 1);  // 1..32 real bits in the last word
+  const uint32_t tail_mask = tail == 32 ? 0xffffffffu : ((1u << tail) - 1u);
+  dst->assign(size_t(nob) * taps * words * lanes, as_zero_mask ? 0xffffffffu : 0u);
+  for (int oc = 0; oc < o; ++oc) {
+    const int ob = oc / lanes, l = oc % lanes;
+    for (int k = 0; k < taps; ++k) {
+      for (int j = 0; j < words; ++j) {
+        uint32_t v = src ? uint32_t(src[(int64_t(oc) * taps + k) * words + j]) : 0u;
+        if (j == words - 1) v = as_zero_mask ? (v | ~tail_mask) : (v & tail_mask);
+        (*dst)[((int64_t(ob) * taps + k) * words + j) * lanes + l] = v;
+      }
+    }
+  }
+}
+
+struct Prepared {
+  std::vector<uint32_t> w, wz;
+  std::vector<float> alpha, bias;
+};
+
+void prepare(Isa isa, int o, int taps, int words, int c, const int32_t* wbits, const int32_t* wzero,
+             bool masked, const float* alpha, const float* bias, Prepared* p, Gemm* g) {
+  const int lanes = lanes_of(isa);
+  repack(wbits, o, taps, words, c, lanes, false, &p->w);
+  if (masked) repack(wzero, o, taps, words, c, lanes, true, &p->wz);
+  const int o_pad = (o + lanes - 1) / lanes * lanes;
+  p->alpha.assign(o_pad, 0.f);
+  p->bias.assign(o_pad, 0.f);
+  std::memcpy(p->alpha.data(), alpha, sizeof(float) * o);
+  std::memcpy(p->bias.data(), bias, sizeof(float) * o);
+  g->lanes = lanes;
+  g->o = o;
+  g->o_pad = o_pad;
+  g->c = c;
+  g->words = words;
+  g->taps = taps;
+  g->w = p->w.data();
+  g->wz = masked ? p->wz.data() : nullptr;
+  g->alpha = p->alpha.data();
+  g->bias = p->bias.data();
+}
+
+void run_tiles(Isa isa, const Gemm& g, const ParallelFor& pfor) {
+  const int nob = g.o_pad / g.lanes;
+  const int64_t ob_bytes = int64_t(g.taps) * g.words * g.lanes * 4;
+  const int group = int(std::max<int64_t>(1, std::min<int64_t>(nob, kWeightBlockBytes / ob_bytes)));
+  const int ngroups = (nob + group - 1) / group;
+  const int nchunks = (g.wo + kPixelChunk - 1) / kPixelChunk;
+  const int64_t rows = int64_t(g.n) * g.ho * nchunks;
+  const GemmFn fn = gemm_of(isa);
+  // group outermost: a thread's consecutive items reuse the same weight block
+  pfor(int64_t(ngroups) * rows, [&](int64_t b, int64_t e) {
+    for (int64_t it = b; it < e; ++it) {
+      const int gi = int(it / rows);
+      int64_t r = it % rows;
+      const int chunk = int(r % nchunks);
+      r /= nchunks;
+      Tile t;
+      t.oh = int(r % g.ho);
+      t.n = int(r / g.ho);
+      t.ow0 = chunk * kPixelChunk;
+      t.ow1 = std::min(g.wo, t.ow0 + kPixelChunk);
+      t.ob0 = gi * group;
+      t.ob1 = std::min(nob, t.ob0 + group);
+      fn(g, t);
+    }
+  });
+}
+
+}  // namespace
+
+const char* isa_name(Isa isa) {
+  switch (isa) {
+    case Isa::kScalar:
+      return "scalar";
+    case Isa::kPopcnt:
+      return "popcnt";
+    case Isa::kAvx2:
+      return "avx2";
+    case Isa::kAvx512:
+      return "avx512";
+    case Isa::kNeon:
+      return "neon";
+  }
+  return "unknown";
+}
+
+bool parse_isa(const std::string& name, Isa* out) {
+  for (Isa isa : {Isa::kScalar, Isa::kPopcnt, Isa::kAvx2, Isa::kAvx512, Isa::kNeon}) {
+    if (name == isa_name(isa)) {
+      *out = isa;
+      return true;
+    }
+  }
+  return false;
+}
+
+std::vector<Isa> available_isas() {
+  std::vector<Isa> out;
+  for (Isa isa : {Isa::kScalar, Isa::kPopcnt, Isa::kNeon, Isa::kAvx2, Isa::kAvx512})
+    if (cpu_has(isa)) out.push_back(isa);
+  return out;
+}
+
+Isa active_isa() {
+  const int f = forced_isa();
+  return f >= 0 ? Isa(f) : best_isa();
+}
+
+bool set_isa(Isa isa) {
+  if (!cpu_has(isa)) return false;
+  forced_isa();
+  g_forced.store(int(isa));
+  return true;
+}
+
+void reset_isa() {
+  forced_isa();
+  g_forced.store(-1);
+}
+
+ParallelFor default_parallel_for() {
+  int threads = int(std::thread::hardware_concurrency());
+  if (const char* env = std::getenv("BIMACO_NUM_THREADS")) threads = std::atoi(env);
+  threads = std::max(1, threads);
+  return [threads](int64_t n, const RangeFn& fn) {
+    const int64_t t = std::min<int64_t>(threads, n);
+    if (t <= 1) {
+      if (n > 0) fn(0, n);
+      return;
+    }
+    std::vector<std::thread> pool;
+    const int64_t step = (n + t - 1) / t;
+    for (int64_t i = 1; i < t; ++i) {
+      const int64_t b = i * step, e = std::min(n, b + step);
+      if (b < e) pool.emplace_back([&fn, b, e] { fn(b, e); });
+    }
+    fn(0, std::min(n, step));
+    for (auto& th : pool) th.join();
+  };
+}
+
+void binary_conv2d(const ConvShape& s, const float* x, const int32_t* wbits, const int32_t* wzero,
+                   const float* alpha, const float* bias, float* y, const ParallelFor& pfor) {
+  if (s.n <= 0 || s.c <= 0 || s.o <= 0 || s.out_h() <= 0 || s.out_w() <= 0)
+    throw std::invalid_argument("binary_conv2d: empty or invalid shape");
+  const Isa isa = active_isa();
+  const int words = s.words();
+  const int64_t hp = int64_t(s.h) + s.pad_top + s.pad_bottom;
+  const int64_t wp = int64_t(s.w) + s.pad_left + s.pad_right;
+  const int64_t img = hp * wp;
+  // zero-initialised: padded pixels keep bits 0 and scale 0, so they contribute 0
+  std::vector<uint32_t> xbits(size_t(s.n * img * words), 0u), xzero(size_t(s.n * img * words), 0u);
+  std::vector<float> xs(size_t(s.n * img), 0.f);
+  std::atomic<bool> any_zero{false};
+  const int64_t hw = int64_t(s.h) * s.w;
+  const bool avx2_pack = packs_with_avx2(isa);
+  pfor(int64_t(s.n) * s.h, [&](int64_t b, int64_t e) {
+    bool z = false;
+    for (int64_t r = b; r < e; ++r) {
+      const int64_t ni = r / s.h, hi = r % s.h;
+      const float* src = x + ni * s.c * hw + hi * s.w;
+      const int64_t pix = ni * img + (hi + s.pad_top) * wp + s.pad_left;
+#if defined(__x86_64__) || defined(_M_X64)
+      if (avx2_pack) {
+        z |= detail::pack_row_avx2(src, s.c, hw, s.w, words, &xbits[pix * words], &xzero[pix * words],
+                                   &xs[pix]);
+        continue;
+      }
+#endif
+      (void)avx2_pack;
+      z |= detail::pack_row_scalar(src, s.c, hw, s.w, words, &xbits[pix * words], &xzero[pix * words],
+                                   &xs[pix]);
+    }
+    if (z) any_zero.store(true);
+  });
+  const bool masked = any_zero.load() || wzero != nullptr;
+  Gemm g;
+  Prepared p;
+  const int taps = s.kh * s.kw;
+  prepare(isa, s.o, taps, words, s.c, wbits, wzero, masked, alpha, bias, &p, &g);
+  std::vector<int64_t> tap_off(taps);
+  for (int i = 0; i < s.kh; ++i)
+    for (int j = 0; j < s.kw; ++j) tap_off[i * s.kw + j] = int64_t(i) * wp + j;
+  g.n = s.n;
+  g.tap_off = tap_off.data();
+  g.ho = s.out_h();
+  g.wo = s.out_w();
+  g.sh = s.stride_h;
+  g.sw = s.stride_w;
+  g.wp = wp;
+  g.img_pixels = img;
+  g.xbits = xbits.data();
+  g.xzero = masked ? xzero.data() : nullptr;
+  g.xs = xs.data();
+  g.y = y;
+  g.y_n_stride = int64_t(s.o) * g.ho * g.wo;
+  g.y_o_stride = int64_t(g.ho) * g.wo;
+  g.y_p_stride = 1;
+  run_tiles(isa, g, pfor);
+}
+
+void binary_linear(const LinearShape& s, const float* x, const int32_t* wbits, const int32_t* wzero,
+                   const float* alpha, const float* bias, float* y, const ParallelFor& pfor) {
+  if (s.rows < 0 || s.k <= 0 || s.o <= 0) throw std::invalid_argument("binary_linear: invalid shape");
+  if (s.rows == 0) return;
+  const Isa isa = active_isa();
+  const int words = s.words();
+  std::vector<uint32_t> xbits(size_t(s.rows * words)), xzero(size_t(s.rows * words));
+  std::vector<float> xs(size_t(s.rows));
+  std::atomic<bool> any_zero{false};
+  const bool avx2_pack = packs_with_avx2(isa);
+  const int64_t nchunks = (s.rows + kPixelChunk - 1) / kPixelChunk;
+  pfor(nchunks, [&](int64_t b, int64_t e) {
+    const int64_t r0 = b * kPixelChunk, r1 = std::min(s.rows, e * kPixelChunk);
+    bool z;
+#if defined(__x86_64__) || defined(_M_X64)
+    if (avx2_pack)
+      z = detail::pack_rows_avx2(x + r0 * s.k, r1 - r0, s.k, words, &xbits[r0 * words],
+                                 &xzero[r0 * words], &xs[r0]);
+    else
+#endif
+      z = detail::pack_rows_scalar(x + r0 * s.k, r1 - r0, s.k, words, &xbits[r0 * words],
+                                   &xzero[r0 * words], &xs[r0]);
+    (void)avx2_pack;
+    if (z) any_zero.store(true);
+  });
+  const bool masked = any_zero.load() || wzero != nullptr;
+  Gemm g;
+  Prepared p;
+  prepare(isa, s.o, 1, words, s.k, wbits, wzero, masked, alpha, bias, &p, &g);
+  const int64_t tap0 = 0;
+  if (s.rows > int64_t(1) << 30) throw std::invalid_argument("binary_linear: too many rows");
+  g.n = 1;
+  g.tap_off = &tap0;
+  g.ho = 1;
+  g.wo = int(s.rows);
+  g.wp = s.rows;
+  g.img_pixels = s.rows;
+  g.xbits = xbits.data();
+  g.xzero = masked ? xzero.data() : nullptr;
+  g.xs = xs.data();
+  g.y = y;
+  g.y_n_stride = 0;
+  g.y_o_stride = 1;
+  g.y_p_stride = s.o;
+  run_tiles(isa, g, pfor);
+}
+
+}  // namespace cpu
+}  // namespace bimaco

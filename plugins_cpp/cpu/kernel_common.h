@@ -1,0 +1,76 @@
+// Internal to plugins_cpp/cpu: the packed problem every ISA-specific GEMM kernel
+// consumes, and the per-ISA entry points. Not part of the public API.
+#pragma once
+
+#include <cstddef>
+#include <cstdint>
+
+namespace bimaco {
+namespace cpu {
+namespace detail {
+
+// One implicit-GEMM problem over packed activations.
+//
+// Activations are packed channel-last per pixel of a PADDED image: xbits[n][hp][wp][words]
+// (bit b of word j = channel 32j+b is negative), xzero the same for exact zeros (nullptr
+// on the fast path), xs[n][hp][wp] the per-pixel scale (0 at padded pixels).
+// Weights are repacked per call into lane-interleaved blocks of `lanes` output channels:
+// w[ob][tap][word][lane], tail bits cleared; wz (masked path only) has tail bits SET so
+// that valid = ~(xz | wz) never counts them. alpha/bias are padded to o_pad.
+struct Gemm {
+  int n = 0, c = 0, words = 0, o = 0, o_pad = 0, lanes = 1;
+  int taps = 1;
+  const int64_t* tap_off = nullptr;  // pixel offset of each tap inside the padded image
+  int ho = 0, wo = 0, sh = 1, sw = 1;
+  int64_t wp = 0, img_pixels = 0;  // padded width, padded pixels per image
+  const uint32_t* xbits = nullptr;
+  const uint32_t* xzero = nullptr;
+  const float* xs = nullptr;
+  const uint32_t* w = nullptr;
+  const uint32_t* wz = nullptr;  // non-null <=> masked path
+  const float* alpha = nullptr;
+  const float* bias = nullptr;
+  float* y = nullptr;
+  int64_t y_n_stride = 0, y_o_stride = 0, y_p_stride = 0;  // y[n, o, p = oh*wo + ow]
+
+  // Index of the first padded input pixel read by output pixel (oh, ow).
+  int64_t in_pixel(int oh, int ow) const { return int64_t(oh) * sh * wp + int64_t(ow) * sw; }
+};
+
+// A rectangle of work: image n, output row oh, output columns [ow0, ow1),
+// output-channel blocks [ob0, ob1) (block = `lanes` channels).
+struct Tile {
+  int n, oh, ow0, ow1, ob0, ob1;
+};
+
+// Writes one output element block: `vals` holds lanes values for channels ob*lanes...
+inline void store_block(const Gemm& g, int n, int64_t p, int ob, const float* vals) {
+  const int o0 = ob * g.lanes;
+  const int cnt = (g.o - o0) < g.lanes ? (g.o - o0) : g.lanes;
+  float* dst = g.y + n * g.y_n_stride + p * g.y_p_stride + int64_t(o0) * g.y_o_stride;
+  for (int l = 0; l < cnt; ++l) dst[int64_t(l) * g.y_o_stride] = vals[l];
+}
+
+// Per-ISA kernels. Each computes every output of the tile.
+void gemm_scalar(const Gemm& g, const Tile& t);
+void gemm_popcnt(const Gemm& g, const Tile& t);
+void gemm_avx2(const Gemm& g, const Tile& t);
+void gemm_avx512(const Gemm& g, const Tile& t);
+void gemm_neon(const Gemm& g, const Tile& t);
+
+// Sign packing of one image row (NCHW input): writes words, zero words and scales of
+// the w pixels of row h into dst pointers (already offset to the first real pixel of
+// that row in the padded buffer). Returns true if any exact zero was seen.
+bool pack_row_scalar(const float* x, int c, int64_t hw, int w, int words, uint32_t* bits,
+                     uint32_t* zero, float* s);
+bool pack_row_avx2(const float* x, int c, int64_t hw, int w, int words, uint32_t* bits,
+                   uint32_t* zero, float* s);
+// Sign packing of `rows` contiguous rows of k features (linear input).
+bool pack_rows_scalar(const float* x, int64_t rows, int k, int words, uint32_t* bits,
+                      uint32_t* zero, float* s);
+bool pack_rows_avx2(const float* x, int64_t rows, int k, int words, uint32_t* bits,
+                    uint32_t* zero, float* s);
+
+}  // namespace detail
+}  // namespace cpu
+}  // namespace bimaco

@@ -1,0 +1,226 @@
+// AVX2 kernels (x86-64 with AVX2 + FMA): 8 output channels per 256-bit vector, the
+// activation word of one pixel broadcast against them, popcount by the nibble-lookup
+// (vpshufb) method with byte counters flushed to 32-bit every 31 words.
+// Also the AVX2 sign packing (8 pixels per vector, compare -> bit or).
+#if defined(__x86_64__) || defined(_M_X64)
+#if defined(__GNUC__) && !defined(__clang__)
+#pragma GCC target("avx2,fma,popcnt")
+#endif
+#include <immintrin.h>
+
+#include <algorithm>
+#include <cstring>
+
+#include "kernel_common.h"
+
+#if defined(__clang__)
+#pragma clang attribute push(__attribute__((target("avx2,fma,popcnt"))), apply_to = function)
+#endif
+
+namespace bimaco {
+namespace cpu {
+namespace detail {
+namespace {
+
+constexpr int kLanes = 8;
+// byte counters hold at most 8 per word: flush before 255 / 8 words
+constexpr int kFlushWords = 31;
+
+inline __m256i popcnt_bytes(__m256i v, __m256i lut, __m256i low) {
+  const __m256i lo = _mm256_and_si256(v, low);
+  const __m256i hi = _mm256_and_si256(_mm256_srli_epi16(v, 4), low);
+  return _mm256_add_epi8(_mm256_shuffle_epi8(lut, lo), _mm256_shuffle_epi8(lut, hi));
+}
+
+inline __m256i bytes_to_u32(__m256i b) {
+  return _mm256_madd_epi16(_mm256_maddubs_epi16(b, _mm256_set1_epi8(1)), _mm256_set1_epi16(1));
+}
+
+// P output pixels x 8 output channels (block ob): out[i][l].
+template <int P, bool kMasked>
+inline void block(const Gemm& g, const uint32_t* xb, const uint32_t* xz, const float* xs,
+                  const int64_t* base, int ob, __m256* out) {
+  const int words = g.words;
+  const __m256i lut = _mm256_setr_epi8(0, 1, 1, 2, 1, 2, 2, 3, 1, 2, 2, 3, 2, 3, 3, 4, 0, 1, 1, 2, 1,
+                                       2, 2, 3, 1, 2, 2, 3, 2, 3, 3, 4);
+  const __m256i low = _mm256_set1_epi8(0x0f);
+  const __m256i ones = _mm256_set1_epi32(-1);
+  const __m256i cvec = _mm256_set1_epi32(g.c);
+  const uint32_t* wblk = g.w + int64_t(ob) * g.taps * words * kLanes;
+  const uint32_t* wzblk = kMasked ? g.wz + int64_t(ob) * g.taps * words * kLanes : nullptr;
+  __m256 acc[P];
+  for (int i = 0; i < P; ++i) acc[i] = _mm256_setzero_ps();
+  for (int k = 0; k < g.taps; ++k) {
+    const uint32_t* xp[P];
+    const uint32_t* xzp[P];
+    for (int i = 0; i < P; ++i) {
+      const int64_t q = base[i] + g.tap_off[k];
+      xp[i] = xb + q * words;
+      xzp[i] = kMasked ? xz + q * words : nullptr;
+    }
+    const uint32_t* wk = wblk + int64_t(k) * words * kLanes;
+    const uint32_t* wzk = kMasked ? wzblk + int64_t(k) * words * kLanes : nullptr;
+    __m256i cnt[P], vcnt[P];
+    for (int i = 0; i < P; ++i) cnt[i] = vcnt[i] = _mm256_setzero_si256();
+    for (int j0 = 0; j0 < words; j0 += kFlushWords) {
+      const int j1 = std::min(words, j0 + kFlushWords);
+      __m256i bd[P], bv[P];
+      for (int i = 0; i < P; ++i) bd[i] = bv[i] = _mm256_setzero_si256();
+      for (int j = j0; j < j1; ++j) {
+        const __m256i wv = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(wk + j * kLanes));
+        __m256i wzv = _mm256_setzero_si256();
+        if (kMasked) wzv = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(wzk + j * kLanes));
+        for (int i = 0; i < P; ++i) {
+          __m256i d = _mm256_xor_si256(_mm256_set1_epi32(int(xp[i][j])), wv);
+          if (kMasked) {
+            const __m256i valid =
+                _mm256_andnot_si256(_mm256_or_si256(_mm256_set1_epi32(int(xzp[i][j])), wzv), ones);
+            d = _mm256_and_si256(d, valid);
+            bv[i] = _mm256_add_epi8(bv[i], popcnt_bytes(valid, lut, low));
+          }
+          bd[i] = _mm256_add_epi8(bd[i], popcnt_bytes(d, lut, low));
+        }
+      }
+      for (int i = 0; i < P; ++i) {
+        cnt[i] = _mm256_add_epi32(cnt[i], bytes_to_u32(bd[i]));
+        if (kMasked) vcnt[i] = _mm256_add_epi32(vcnt[i], bytes_to_u32(bv[i]));
+      }
+    }
+    for (int i = 0; i < P; ++i) {
+      const __m256i dot = _mm256_sub_epi32(kMasked ? vcnt[i] : cvec, _mm256_slli_epi32(cnt[i], 1));
+      const __m256 sv = _mm256_set1_ps(xs[base[i] + g.tap_off[k]]);
+      acc[i] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(dot), sv, acc[i]);
+    }
+  }
+  const __m256 av = _mm256_loadu_ps(g.alpha + ob * kLanes);
+  const __m256 bvv = _mm256_loadu_ps(g.bias + ob * kLanes);
+  for (int i = 0; i < P; ++i) out[i] = _mm256_fmadd_ps(acc[i], av, bvv);
+}
+
+template <int P, bool kMasked>
+inline void run_pixels(const Gemm& g, const Tile& t, int ow, int ob, const uint32_t* xb,
+                       const uint32_t* xz, const float* xs) {
+  int64_t base[P];
+  for (int i = 0; i < P; ++i) base[i] = g.in_pixel(t.oh, ow + i);
+  __m256 out[P];
+  block<P, kMasked>(g, xb, xz, xs, base, ob, out);
+  const bool direct = g.y_o_stride == 1 && (ob + 1) * kLanes <= g.o;
+  for (int i = 0; i < P; ++i) {
+    const int64_t p = int64_t(t.oh) * g.wo + ow + i;
+    if (direct) {
+      _mm256_storeu_ps(g.y + t.n * g.y_n_stride + p * g.y_p_stride + ob * kLanes, out[i]);
+    } else {
+      alignas(32) float vals[kLanes];
+      _mm256_store_ps(vals, out[i]);
+      store_block(g, t.n, p, ob, vals);
+    }
+  }
+}
+
+template <bool kMasked>
+void gemm_impl(const Gemm& g, const Tile& t) {
+  constexpr int P = kMasked ? 2 : 4;
+  const int64_t img = int64_t(t.n) * g.img_pixels;
+  const uint32_t* xb = g.xbits + img * g.words;
+  const uint32_t* xz = kMasked ? g.xzero + img * g.words : nullptr;
+  const float* xs = g.xs + img;
+  for (int ob = t.ob0; ob < t.ob1; ++ob) {
+    int ow = t.ow0;
+    for (; ow + P <= t.ow1; ow += P) run_pixels<P, kMasked>(g, t, ow, ob, xb, xz, xs);
+    for (; ow < t.ow1; ++ow) run_pixels<1, kMasked>(g, t, ow, ob, xb, xz, xs);
+  }
+}
+
+}  // namespace
+
+void gemm_avx2(const Gemm& g, const Tile& t) {
+  if (g.wz)
+    gemm_impl<true>(g, t);
+  else
+    gemm_impl<false>(g, t);
+}
+
+bool pack_row_avx2(const float* x, int c, int64_t hw, int w, int words, uint32_t* bits,
+                   uint32_t* zero, float* s) {
+  const __m256 zf = _mm256_setzero_ps();
+  const __m256 absmask = _mm256_castsi256_ps(_mm256_set1_epi32(0x7fffffff));
+  const __m256 inv = _mm256_set1_ps(1.f / float(c));
+  __m256i anyz = _mm256_setzero_si256();
+  int i = 0;
+  for (; i + 8 <= w; i += 8) {
+    __m256 acc = _mm256_setzero_ps();
+    for (int j = 0; j < words; ++j) {
+      __m256i nb = _mm256_setzero_si256(), zb = _mm256_setzero_si256();
+      const int cend = std::min(c, 32 * j + 32);
+      for (int ch = 32 * j; ch < cend; ++ch) {
+        const __m256 v = _mm256_loadu_ps(x + int64_t(ch) * hw + i);
+        const __m256i bit = _mm256_set1_epi32(int(1u << (ch - 32 * j)));
+        nb = _mm256_or_si256(nb, _mm256_and_si256(_mm256_castps_si256(_mm256_cmp_ps(v, zf, _CMP_LT_OQ)), bit));
+        zb = _mm256_or_si256(zb, _mm256_and_si256(_mm256_castps_si256(_mm256_cmp_ps(v, zf, _CMP_EQ_OQ)), bit));
+        acc = _mm256_add_ps(acc, _mm256_and_ps(v, absmask));
+      }
+      anyz = _mm256_or_si256(anyz, zb);
+      alignas(32) uint32_t nbs[8], zbs[8];
+      _mm256_store_si256(reinterpret_cast<__m256i*>(nbs), nb);
+      _mm256_store_si256(reinterpret_cast<__m256i*>(zbs), zb);
+      for (int l = 0; l < 8; ++l) {
+        bits[int64_t(i + l) * words + j] = nbs[l];
+        zero[int64_t(i + l) * words + j] = zbs[l];
+      }
+    }
+    _mm256_storeu_ps(s + i, _mm256_mul_ps(acc, inv));
+  }
+  bool any_zero = !_mm256_testz_si256(anyz, anyz);
+  if (i < w) {
+    any_zero |= pack_row_scalar(x + i, c, hw, w - i, words, bits + int64_t(i) * words,
+                                zero + int64_t(i) * words, s + i);
+  }
+  return any_zero;
+}
+
+bool pack_rows_avx2(const float* x, int64_t rows, int k, int words, uint32_t* bits,
+                    uint32_t* zero, float* s) {
+  const __m256 zf = _mm256_setzero_ps();
+  const __m256 absmask = _mm256_castsi256_ps(_mm256_set1_epi32(0x7fffffff));
+  const float inv = 1.f / float(k);
+  bool any_zero = false;
+  for (int64_t r = 0; r < rows; ++r) {
+    const float* xr = x + r * k;
+    __m256 acc = _mm256_setzero_ps();
+    float tail_acc = 0.f;
+    for (int j = 0; j < words; ++j) {
+      uint32_t nb = 0, zb = 0;
+      const int c0 = 32 * j, cend = std::min(k, c0 + 32);
+      int ch = c0;
+      for (; ch + 8 <= cend; ch += 8) {
+        const __m256 v = _mm256_loadu_ps(xr + ch);
+        nb |= uint32_t(_mm256_movemask_ps(_mm256_cmp_ps(v, zf, _CMP_LT_OQ))) << (ch - c0);
+        zb |= uint32_t(_mm256_movemask_ps(_mm256_cmp_ps(v, zf, _CMP_EQ_OQ))) << (ch - c0);
+        acc = _mm256_add_ps(acc, _mm256_and_ps(v, absmask));
+      }
+      for (; ch < cend; ++ch) {
+        const float v = xr[ch];
+        nb |= (v < 0.f) ? (1u << (ch - c0)) : 0u;
+        zb |= (v == 0.f) ? (1u << (ch - c0)) : 0u;
+        tail_acc += v < 0.f ? -v : v;
+      }
+      bits[r * words + j] = nb;
+      zero[r * words + j] = zb;
+      any_zero |= zb != 0;
+    }
+    alignas(32) float a[8];
+    _mm256_store_ps(a, acc);
+    const float sum = ((a[0] + a[1]) + (a[2] + a[3])) + ((a[4] + a[5]) + (a[6] + a[7])) + tail_acc;
+    s[r] = sum * inv;
+  }
+  return any_zero;
+}
+
+}  // namespace detail
+}  // namespace cpu
+}  // namespace bimaco
+
+#if defined(__clang__)
+#pragma clang attribute pop
+#endif
+#endif  // x86-64

@@ -1,0 +1,72 @@
+// Portable scalar kernels: any CPU, any compiler. Also the sign packing fallback.
+#include <cmath>
+#include <vector>
+
+#include "kernel_common.h"
+#include "kernels_scalar_impl.h"
+
+namespace bimaco {
+namespace cpu {
+namespace detail {
+
+void gemm_scalar(const Gemm& g, const Tile& t) { scalar_impl::gemm(g, t); }
+
+bool pack_row_scalar(const float* x, int c, int64_t hw, int w, int words, uint32_t* bits,
+                     uint32_t* zero, float* s) {
+  // Channel-outer loop so every load walks a contiguous image row.
+  std::vector<uint32_t> nb(w), zb(w);
+  std::vector<float> acc(w, 0.f);
+  bool any_zero = false;
+  for (int j = 0; j < words; ++j) {
+    std::fill(nb.begin(), nb.end(), 0u);
+    std::fill(zb.begin(), zb.end(), 0u);
+    const int cend = (32 * j + 32) < c ? (32 * j + 32) : c;
+    for (int ch = 32 * j; ch < cend; ++ch) {
+      const float* xr = x + int64_t(ch) * hw;
+      const uint32_t bit = 1u << (ch - 32 * j);
+      for (int i = 0; i < w; ++i) {
+        const float v = xr[i];
+        nb[i] |= (v < 0.f) ? bit : 0u;
+        zb[i] |= (v == 0.f) ? bit : 0u;
+        acc[i] += std::fabs(v);
+      }
+    }
+    for (int i = 0; i < w; ++i) {
+      bits[int64_t(i) * words + j] = nb[i];
+      zero[int64_t(i) * words + j] = zb[i];
+      any_zero |= zb[i] != 0;
+    }
+  }
+  const float inv = 1.f / float(c);
+  for (int i = 0; i < w; ++i) s[i] = acc[i] * inv;
+  return any_zero;
+}
+
+bool pack_rows_scalar(const float* x, int64_t rows, int k, int words, uint32_t* bits,
+                      uint32_t* zero, float* s) {
+  bool any_zero = false;
+  const float inv = 1.f / float(k);
+  for (int64_t r = 0; r < rows; ++r) {
+    const float* xr = x + r * k;
+    float acc = 0.f;
+    for (int j = 0; j < words; ++j) {
+      uint32_t nb = 0, zb = 0;
+      const int cend = (32 * j + 32) < k ? (32 * j + 32) : k;
+      for (int ch = 32 * j; ch < cend; ++ch) {
+        const float v = xr[ch];
+        nb |= (v < 0.f) ? (1u << (ch - 32 * j)) : 0u;
+        zb |= (v == 0.f) ? (1u << (ch - 32 * j)) : 0u;
+        acc += std::fabs(v);
+      }
+      bits[r * words + j] = nb;
+      zero[r * words + j] = zb;
+      any_zero |= zb != 0;
+    }
+    s[r] = acc * inv;
+  }
+  return any_zero;
+}
+
+}  // namespace detail
+}  // namespace cpu
+}  // namespace bimaco

@@ -1,0 +1,346 @@
+// Stage 2 of both ops: the popcount implicit GEMM over packed sign words.
+//
+// GEMM rows are output pixels (n, oy, ox), columns output channels, and the
+// reduction runs tap by tap: the scale s varies per input pixel, so each tap's
+// integer dot product is finished, weighted by that tap's s and added to a float
+// accumulator before the next tap starts (a 3x3 conv is nine popcount GEMMs).
+//
+// One block computes a 64 x 64 output tile with 4 warps (2 x 2 warps of 32 x 32).
+// Two bodies share that tiling:
+//  * mma_tile: 1-bit tensor cores. sm_80+ uses mma m16n8k128 .and.popc (the form
+//    every sm_80+ part has; .xor.popc is deprecated on sm_90) and rebuilds the XOR
+//    count as popc(a^b) = popc(a) + popc(b) - 2 popc(a&b) from per-row popcounts of
+//    X (written by the pack kernel) and per-column popcounts of W (summed while the
+//    weight tile is staged). sm_75 uses mma m8n8k128 .xor.popc directly.
+//  * popc_tile: plain __popc with zero masks, dot = popc(valid) - 2 popc((x^w) & valid),
+//    valid = ~xz & ~wz. Runs when X holds exact zeros (flag from the pack kernel), when
+//    the weights carry a zero mask, on archs without 1-bit MMA, and on request.
+// Both add s * dot with the same fused multiply-add in the same tap order, so they
+// produce bit-identical outputs; selftest.cu relies on that.
+
+#include <cuda_fp16.h>
+
+#include "device_utils.cuh"
+#include "kernels.cuh"
+
+namespace bimaco {
+namespace cuda {
+namespace detail {
+namespace {
+
+constexpr int kBM = 64;          // output pixels per block
+constexpr int kBN = 64;          // output channels per block
+constexpr int kThreads = 128;    // 4 warps
+constexpr int kChunk = 16;       // packed words staged per pass (512 channels)
+constexpr int kStride = kChunk + 4;  // smem row stride in words: conflict-free fragment loads
+
+struct GemmArgs {
+  Geometry g;
+  const uint32_t* wbits;  // [O][KH][KW][words]
+  const uint32_t* wzero;  // same layout or nullptr
+  const float* alpha;
+  const float* bias;
+  void* y;
+  Workspace ws;
+  int force_popcount;
+};
+
+struct Smem {
+  uint32_t a[kBM][kStride];  // X words of the tile's pixels for the current tap and chunk
+  uint32_t b[kBN][kStride];  // W words of the tile's channels for the current tap and chunk
+  float s[kBM];              // scale of each row's input pixel for the current tap
+  int xpop[kBM];             // popcount of that pixel's sign bits
+  int wpop[kBN];             // popcount of each channel's sign bits for the current tap
+  long long rowpix[kBM];     // padded-grid pixel of tap (0, 0) for each row, -1 past M
+};
+
+// Output position of GEMM row m: image n and offset inside the output plane.
+__device__ __forceinline__ void row_position(const Geometry& g, int64_t m, int64_t* n, int64_t* r) {
+  const int64_t plane = static_cast<int64_t>(g.ho) * g.wo;
+  *n = m / plane;
+  *r = m - *n * plane;
+}
+
+__device__ __forceinline__ int64_t row_pixel(const Geometry& g, int64_t m) {
+  int64_t n, r;
+  row_position(g, m, &n, &r);
+  const int oy = static_cast<int>(r / g.wo), ox = static_cast<int>(r % g.wo);
+  return n * g.hp * g.wp + static_cast<int64_t>(oy) * g.sh * g.wp + static_cast<int64_t>(ox) * g.sw;
+}
+
+template <typename T>
+__device__ __forceinline__ void store_output(const GemmArgs& a, int64_t m, int oc, float acc) {
+  int64_t n, r;
+  row_position(a.g, m, &n, &r);
+  const int64_t plane = static_cast<int64_t>(a.g.ho) * a.g.wo;
+  const float v = __fmaf_rn(a.alpha[oc], acc, a.bias[oc]);
+  static_cast<T*>(a.y)[(n * a.g.o + oc) * plane + r] = from_float<T>(v);
+}
+
+// ----------------------------------------------------------------- tensor-core path
+
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 800
+#define BIMACO_MMA_AND 1
+#elif defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 750
+#define BIMACO_MMA_XOR 1
+#endif
+
+#if defined(BIMACO_MMA_AND) || defined(BIMACO_MMA_XOR)
+#define BIMACO_HAS_MMA 1
+
+template <typename T>
+__device__ void mma_tile(const GemmArgs& a, Smem& sm, int64_t m0, int n0) {
+  const Geometry& g = a.g;
+  const int tid = threadIdx.x;
+  const int lane = tid & 31, warp = tid >> 5;
+  const int grp = lane >> 2, tig = lane & 3;  // MMA groupID / threadID_in_group
+  const int wm = (warp & 1) * 32, wn = (warp >> 1) * 32;
+  const uint32_t last_mask = tail_mask(g.c);
+  const int taps = g.kh * g.kw;
+
+  // acc[r][j][e]: row wm + 8r + grp, column wn + 8j + 2*tig + e.
+  int iacc[4][4][2];
+  float facc[4][4][2];
+#pragma unroll
+  for (int r = 0; r < 4; ++r)
+#pragma unroll
+    for (int j = 0; j < 4; ++j)
+#pragma unroll
+      for (int e = 0; e < 2; ++e) {
+        iacc[r][j][e] = 0;
+        facc[r][j][e] = 0.f;
+      }
+
+  for (int ky = 0; ky < g.kh; ++ky) {
+    for (int kx = 0; kx < g.kw; ++kx) {
+      const int tap = ky * g.kw + kx;
+      const int64_t tap_off = static_cast<int64_t>(ky) * g.wp + kx;
+      for (int kc0 = 0; kc0 < g.wpad; kc0 += kChunk) {
+        __syncthreads();  // the previous pass's fragments and epilogue reads are done
+        // A: 64 rows x 16 words = 256 uint4, two per thread. wpad is a multiple of 4,
+        // so a uint4 lies wholly inside or wholly past the row.
+#pragma unroll
+        for (int i = 0; i < 2; ++i) {
+          const int idx = tid + i * kThreads;
+          const int row = idx >> 2, quad = idx & 3;
+          const int word = kc0 + quad * 4;
+          uint4 v = make_uint4(0u, 0u, 0u, 0u);
+          const long long rp = sm.rowpix[row];
+          if (rp >= 0 && word < g.wpad) {
+            v = __ldg(reinterpret_cast<const uint4*>(a.ws.xbits + (rp + tap_off) * g.wpad + word));
+          }
+          *reinterpret_cast<uint4*>(&sm.a[row][quad * 4]) = v;
+        }
+        // B: 64 channels x 16 words, 8 consecutive words per thread (two threads per
+        // channel); the weight row is not padded, so loads are scalar and bounded.
+        {
+          const int col = tid >> 1, half = tid & 1;
+          const int oc = n0 + col;
+          int pop = 0;
+#pragma unroll
+          for (int i = 0; i < 8; ++i) {
+            const int word = kc0 + half * 8 + i;
+            uint32_t v = 0u;
+            if (oc < g.o && word < g.words) {
+              v = __ldg(a.wbits + (static_cast<int64_t>(oc) * taps + tap) * g.words + word);
+              if (word == g.words - 1) v &= last_mask;
+            }
+            sm.b[col][half * 8 + i] = v;
+            pop += __popc(v);
+          }
+          pop += __shfl_xor_sync(0xffffffffu, pop, 1);
+          if (half == 0) sm.wpop[col] = (kc0 == 0 ? 0 : sm.wpop[col]) + pop;
+        }
+        if (kc0 == 0 && tid < kBM) {
+          const long long rp = sm.rowpix[tid];
+          sm.s[tid] = rp >= 0 ? a.ws.scale[rp + tap_off] : 0.f;
+          sm.xpop[tid] = rp >= 0 ? a.ws.xpop[rp + tap_off] : 0;
+        }
+        __syncthreads();
+
+        const int ksteps = min(kChunk, g.wpad - kc0) / 4;
+        for (int ks = 0; ks < ksteps; ++ks) {
+          const int kw0 = ks * 4 + tig;
+          uint32_t af[4], bf[4];
+#pragma unroll
+          for (int r = 0; r < 4; ++r) af[r] = sm.a[wm + r * 8 + grp][kw0];
+#pragma unroll
+          for (int j = 0; j < 4; ++j) bf[j] = sm.b[wn + j * 8 + grp][kw0];
+#if defined(BIMACO_MMA_AND)
+          // m16n8k128: a0 = rows 0-7 (groupID), a1 = rows 8-15; d0,d1 row groupID,
+          // d2,d3 row groupID + 8, columns 2*tig and 2*tig + 1.
+#pragma unroll
+          for (int rr = 0; rr < 2; ++rr)
+#pragma unroll
+            for (int j = 0; j < 4; ++j) {
+              asm volatile(
+                  "mma.sync.aligned.m16n8k128.row.col.s32.b1.b1.s32.and.popc "
+                  "{%0,%1,%2,%3}, {%4,%5}, {%6}, {%0,%1,%2,%3};\n"
+                  : "+r"(iacc[2 * rr][j][0]), "+r"(iacc[2 * rr][j][1]), "+r"(iacc[2 * rr + 1][j][0]),
+                    "+r"(iacc[2 * rr + 1][j][1])
+                  : "r"(af[2 * rr]), "r"(af[2 * rr + 1]), "r"(bf[j]));
+            }
+#else
+          // m8n8k128: a0 = row groupID, b0 = column groupID; d0,d1 columns 2*tig + {0,1}.
+#pragma unroll
+          for (int r = 0; r < 4; ++r)
+#pragma unroll
+            for (int j = 0; j < 4; ++j) {
+              asm volatile(
+                  "mma.sync.aligned.m8n8k128.row.col.s32.b1.b1.s32.xor.popc "
+                  "{%0,%1}, {%2}, {%3}, {%0,%1};\n"
+                  : "+r"(iacc[r][j][0]), "+r"(iacc[r][j][1])
+                  : "r"(af[r]), "r"(bf[j]));
+            }
+#endif
+        }
+      }
+      // Tap epilogue: finish the integer dot products and weight them by s.
+#pragma unroll
+      for (int r = 0; r < 4; ++r) {
+        const int row = wm + r * 8 + grp;
+        const float s = sm.s[row];
+#if defined(BIMACO_MMA_AND)
+        const int xp = sm.xpop[row];
+#endif
+#pragma unroll
+        for (int j = 0; j < 4; ++j)
+#pragma unroll
+          for (int e = 0; e < 2; ++e) {
+#if defined(BIMACO_MMA_AND)
+            const int col = wn + j * 8 + 2 * tig + e;
+            const int xor_count = xp + sm.wpop[col] - 2 * iacc[r][j][e];
+#else
+            const int xor_count = iacc[r][j][e];
+#endif
+            const int dot = g.c - 2 * xor_count;
+            facc[r][j][e] = __fmaf_rn(s, static_cast<float>(dot), facc[r][j][e]);
+            iacc[r][j][e] = 0;
+          }
+      }
+    }
+  }
+
+#pragma unroll
+  for (int r = 0; r < 4; ++r) {
+    const int64_t m = m0 + wm + r * 8 + grp;
+    if (m >= g.m) continue;
+#pragma unroll
+    for (int j = 0; j < 4; ++j)
+#pragma unroll
+      for (int e = 0; e < 2; ++e) {
+        const int oc = n0 + wn + j * 8 + 2 * tig + e;
+        if (oc < g.o) store_output<T>(a, m, oc, facc[r][j][e]);
+      }
+  }
+}
+#endif  // BIMACO_MMA_AND || BIMACO_MMA_XOR
+
+// ----------------------------------------------------------------- plain popcount path
+
+// Thread t owns tile row t % 64 and the channels n0 + t / 64 + 2i, i < 32.
+template <typename T>
+__device__ void popc_tile(const GemmArgs& a, const Smem& sm, int64_t m0, int n0) {
+  const Geometry& g = a.g;
+  const int tid = threadIdx.x;
+  const int row = tid % kBM;
+  const int c_first = n0 + tid / kBM;
+  const long long rp0 = sm.rowpix[row];
+  if (rp0 < 0) return;
+  const uint32_t last_mask = tail_mask(g.c);
+  const int taps = g.kh * g.kw;
+  constexpr int kPerThread = kBN * kBM / kThreads;  // 32
+  constexpr int kColStep = kThreads / kBM;           // 2
+
+  float acc[kPerThread];
+#pragma unroll
+  for (int i = 0; i < kPerThread; ++i) acc[i] = 0.f;
+
+  for (int ky = 0; ky < g.kh; ++ky) {
+    for (int kx = 0; kx < g.kw; ++kx) {
+      const int tap = ky * g.kw + kx;
+      const int64_t pix = rp0 + static_cast<int64_t>(ky) * g.wp + kx;
+      const float s = a.ws.scale[pix];
+      if (s == 0.f) continue;  // padded (or all-zero) pixel: s * dot = 0, as the MMA path gets
+      const uint32_t* xb = a.ws.xbits + pix * g.wpad;
+      const uint32_t* xz = a.ws.xzero + pix * g.wpad;
+#pragma unroll
+      for (int i = 0; i < kPerThread; ++i) {
+        const int oc = c_first + i * kColStep;
+        if (oc < g.o) {
+          const int64_t wrow = (static_cast<int64_t>(oc) * taps + tap) * g.words;
+          int dot = 0;
+          for (int wd = 0; wd < g.words; ++wd) {
+            const uint32_t lim = wd == g.words - 1 ? last_mask : 0xffffffffu;
+            const uint32_t wz = a.wzero != nullptr ? __ldg(a.wzero + wrow + wd) : 0u;
+            const uint32_t valid = ~xz[wd] & ~wz & lim;
+            const uint32_t diff = (xb[wd] ^ __ldg(a.wbits + wrow + wd)) & valid;
+            dot += __popc(valid) - 2 * __popc(diff);
+          }
+          acc[i] = __fmaf_rn(s, static_cast<float>(dot), acc[i]);
+        }
+      }
+    }
+  }
+
+  const int64_t m = m0 + row;
+#pragma unroll
+  for (int i = 0; i < kPerThread; ++i) {
+    const int oc = c_first + i * kColStep;
+    if (oc < g.o) store_output<T>(a, m, oc, acc[i]);
+  }
+}
+
+template <typename T>
+__global__ void __launch_bounds__(kThreads) gemm_kernel(GemmArgs a) {
+  __shared__ Smem sm;
+  const int64_t m0 = static_cast<int64_t>(blockIdx.x) * kBM;
+  const int n0 = blockIdx.y * kBN;
+  if (threadIdx.x < kBM) {
+    const int64_t m = m0 + threadIdx.x;
+    sm.rowpix[threadIdx.x] = m < a.g.m ? row_pixel(a.g, m) : -1;
+  }
+  __syncthreads();
+#if defined(BIMACO_HAS_MMA)
+  // Uniform over the grid: every block takes the same branch.
+  const bool masked = a.force_popcount != 0 || a.wzero != nullptr || *a.ws.flag != 0;
+  if (!masked) {
+    mma_tile<T>(a, sm, m0, n0);
+    return;
+  }
+#endif
+  popc_tile<T>(a, sm, m0, n0);
+}
+
+}  // namespace
+
+cudaError_t launch_gemm(const Geometry& g, DType dtype, const int32_t* wbits, const int32_t* wzero,
+                        const float* alpha, const float* bias, void* y, const Workspace& ws, Path path,
+                        cudaStream_t stream) {
+  if (g.m == 0) return cudaSuccess;
+  const int64_t row_blocks = (g.m + kBM - 1) / kBM;
+  const int64_t col_blocks = (static_cast<int64_t>(g.o) + kBN - 1) / kBN;
+  if (row_blocks > 0x7fffffffLL || col_blocks > 65535) return cudaErrorInvalidValue;
+  GemmArgs args;
+  args.g = g;
+  args.wbits = reinterpret_cast<const uint32_t*>(wbits);
+  args.wzero = reinterpret_cast<const uint32_t*>(wzero);
+  args.alpha = alpha;
+  args.bias = bias;
+  args.y = y;
+  args.ws = ws;
+  args.force_popcount = path == Path::kPopcount ? 1 : 0;
+  const dim3 grid(static_cast<unsigned>(row_blocks), static_cast<unsigned>(col_blocks));
+  if (dtype == DType::kFloat32) {
+    gemm_kernel<float><<<grid, kThreads, 0, stream>>>(args);
+  } else if (dtype == DType::kFloat16) {
+    gemm_kernel<__half><<<grid, kThreads, 0, stream>>>(args);
+  } else {
+    return cudaErrorInvalidValue;
+  }
+  return cudaGetLastError();
+}
+
+}  // namespace detail
+}  // namespace cuda
+}  // namespace bimaco

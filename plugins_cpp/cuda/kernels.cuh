@@ -1,0 +1,85 @@
+// Internal pieces of the CUDA kernels: geometry, workspace layout and the two launch
+// stages (sign-pack, popcount GEMM). The public API is bimaco/binary_ops_cuda.h; this
+// header is shared by the .cu files here and by selftest.cu, which also drives the
+// plain-popcount path explicitly.
+#pragma once
+
+#include <cstddef>
+#include <cstdint>
+
+#include <cuda_runtime_api.h>
+
+#include "bimaco/contract.h"
+
+namespace bimaco {
+namespace cuda {
+namespace detail {
+
+// Packed words per pixel are padded to a multiple of this: one k128 step of the
+// 1-bit MMA covers 4 words, and the padding words are zero in X, so they add nothing.
+constexpr int kWordAlign = 4;
+// Every workspace region starts on this boundary (16 would do for the vector loads;
+// 256 matches cudaMalloc and keeps regions in separate cache sectors).
+constexpr size_t kRegionAlign = 256;
+
+// Everything a kernel needs to know about one call, derived once on the host.
+// Linear layers are run as 1x1 convolutions with n = rows and h = w = 1.
+struct Geometry {
+  int n = 0, c = 0, h = 0, w = 0, o = 0;
+  int kh = 1, kw = 1, sh = 1, sw = 1, pt = 0, pl = 0;
+  int hp = 0, wp = 0;          // zero-padded input extent (the packed grid)
+  int ho = 0, wo = 0;          // output extent
+  int words = 0;               // num_words(c): packed words per weight row
+  int wpad = 0;                // words rounded up to kWordAlign: packed words per X pixel
+  int64_t padded_pixels = 0;   // n * hp * wp
+  int64_t m = 0;               // GEMM rows: n * ho * wo output pixels
+};
+
+// Fills `g` from a contract shape. Returns false when the shape is not a valid call
+// (non-positive extents, negative pads, output extent < 1, sizes beyond int range).
+bool make_geometry(const ConvShape& s, Geometry* g);
+// The linear op as a 1x1 convolution; false when rows exceed the int range.
+bool make_linear_geometry(const LinearShape& s, Geometry* g);
+
+// Pointers into one call's workspace. Layout (each region kRegionAlign-aligned):
+//   flag   int32              set to 1 by the pack kernel when X holds an exact zero
+//   xbits  int32 [pixels][wpad] sign bits of X (set = negative), padded pixels all 0
+//   xzero  int32 [pixels][wpad] zero mask of X
+//   scale  float [pixels]     mean |X| over channels, 0 at padded pixels
+//   xpop   int32 [pixels]     popcount of xbits (the AND-form MMA needs it)
+struct Workspace {
+  int32_t* flag = nullptr;
+  uint32_t* xbits = nullptr;
+  uint32_t* xzero = nullptr;
+  float* scale = nullptr;
+  int32_t* xpop = nullptr;
+};
+
+size_t workspace_bytes(const Geometry& g);
+// Carves `base` (any alignment: workspace_bytes includes slack to realign it).
+Workspace carve_workspace(const Geometry& g, void* base);
+
+// Which GEMM kernel to run. kAuto: the 1-bit tensor-core MMA where the device has it
+// (sm_75: m8n8k128 xor.popc, sm_80+: m16n8k128 and.popc) unless zero masks are in
+// play, then plain popcount. kPopcount: always the plain __popc kernel (selftest uses
+// it to hold the MMA path to an independent implementation).
+enum class Path : int { kAuto = 0, kPopcount = 1 };
+
+// Stage 1: sign-pack X (NCHW, `dtype`) into ws. Expects ws.flag zeroed on `stream`.
+cudaError_t launch_pack(const Geometry& g, DType dtype, const void* x, const Workspace& ws,
+                        cudaStream_t stream);
+
+// Stage 2: Y = bias + alpha * sum_taps s * dot over the packed X in ws.
+cudaError_t launch_gemm(const Geometry& g, DType dtype, const int32_t* wbits, const int32_t* wzero,
+                        const float* alpha, const float* bias, void* y, const Workspace& ws, Path path,
+                        cudaStream_t stream);
+
+// Whole op on a prepared geometry: zero the flag, pack, GEMM. `workspace` must hold
+// workspace_bytes(g).
+cudaError_t run(const Geometry& g, DType dtype, const void* x, const int32_t* wbits, const int32_t* wzero,
+                const float* alpha, const float* bias, void* y, void* workspace, Path path,
+                cudaStream_t stream);
+
+}  // namespace detail
+}  // namespace cuda
+}  // namespace bimaco

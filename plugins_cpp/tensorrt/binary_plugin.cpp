@@ -1,0 +1,350 @@
+#include "binary_plugin.h"
+
+#include <exception>
+#include <new>
+
+#include <cuda_runtime_api.h>
+
+#include "bimaco/binary_ops_cuda.h"
+#include "bimaco/contract.h"
+#include "logging.h"
+
+namespace bimaco {
+namespace trt {
+
+using nvinfer1::DataType;
+using nvinfer1::DimensionOperation;
+using nvinfer1::IDimensionExpr;
+using nvinfer1::PluginFieldType;
+
+namespace {
+
+core::TensorType to_core(DataType t) {
+  switch (t) {
+    case DataType::kFLOAT: return core::TensorType::kFloat32;
+    case DataType::kHALF: return core::TensorType::kFloat16;
+    case DataType::kINT32: return core::TensorType::kInt32;
+    default: return core::TensorType::kOther;
+  }
+}
+
+std::vector<int64_t> to_vector(nvinfer1::Dims const& d) {
+  std::vector<int64_t> v;
+  for (int32_t i = 0; i < d.nbDims && i < nvinfer1::Dims::MAX_DIMS; ++i) v.push_back(d.d[i]);
+  return v;
+}
+
+core::TensorInfo info(nvinfer1::PluginTensorDesc const& d) {
+  return {to_vector(d.dims), to_core(d.type), d.format == nvinfer1::TensorFormat::kLINEAR};
+}
+
+std::vector<core::TensorInfo> infos(nvinfer1::PluginTensorDesc const* d, int32_t n) {
+  std::vector<core::TensorInfo> v;
+  for (int32_t i = 0; i < n; ++i) v.push_back(info(d[i]));
+  return v;
+}
+
+// Build-time descriptions: `desc.dims` holds -1 for dynamic axes; `which` picks
+// desc / min / opt / max ('d', 'n', 'o', 'x').
+std::vector<core::TensorInfo> infos(nvinfer1::DynamicPluginTensorDesc const* d, int32_t n, char which) {
+  std::vector<core::TensorInfo> v;
+  for (int32_t i = 0; i < n; ++i) {
+    core::TensorInfo t = info(d[i].desc);
+    if (which == 'n') t.dims = to_vector(d[i].min);
+    if (which == 'o') t.dims = to_vector(d[i].opt);
+    if (which == 'x') t.dims = to_vector(d[i].max);
+    v.push_back(std::move(t));
+  }
+  return v;
+}
+
+core::FieldType to_core(PluginFieldType t) {
+  switch (t) {
+    case PluginFieldType::kINT32: return core::FieldType::kInt32;
+    case PluginFieldType::kINT64: return core::FieldType::kInt64;
+    case PluginFieldType::kFLOAT32: return core::FieldType::kFloat32;
+    case PluginFieldType::kCHAR: return core::FieldType::kChar;
+    default: return core::FieldType::kOther;
+  }
+}
+
+PluginFieldType to_trt(core::FieldType t) {
+  switch (t) {
+    case core::FieldType::kInt64: return PluginFieldType::kINT64;
+    case core::FieldType::kFloat32: return PluginFieldType::kFLOAT32;
+    case core::FieldType::kChar: return PluginFieldType::kCHAR;
+    default: return PluginFieldType::kINT32;
+  }
+}
+
+// core::conv_out_extent over TensorRT's symbolic dimension expressions.
+struct ExprArith {
+  using Expr = IDimensionExpr const*;
+  nvinfer1::IExprBuilder& b;
+  Expr constant(int64_t v) const { return b.constant(v); }
+  Expr add(Expr x, Expr y) const { return b.operation(DimensionOperation::kSUM, *x, *y); }
+  Expr sub(Expr x, Expr y) const { return b.operation(DimensionOperation::kSUB, *x, *y); }
+  Expr floor_div(Expr x, Expr y) const { return b.operation(DimensionOperation::kFLOOR_DIV, *x, *y); }
+};
+
+}  // namespace
+
+// ------------------------------------------------------------------ BinaryPlugin
+
+BinaryPlugin::BinaryPlugin(std::string layer, const core::OpParams& params, nvinfer1::TensorRTPhase phase)
+    : mLayer(std::move(layer)), mParams(params), mPhase(phase), mCacheId(core::params_key(params)) {}
+
+nvinfer1::IPluginCapability* BinaryPlugin::getCapabilityInterface(nvinfer1::PluginCapabilityType type) noexcept {
+  switch (type) {
+    case nvinfer1::PluginCapabilityType::kCORE: return static_cast<nvinfer1::IPluginV3OneCore*>(this);
+    case nvinfer1::PluginCapabilityType::kRUNTIME: return static_cast<nvinfer1::IPluginV3OneRuntime*>(this);
+    case nvinfer1::PluginCapabilityType::kBUILD:
+      // A plugin deserialized from an engine only runs: it has no build capability.
+      return mPhase == nvinfer1::TensorRTPhase::kBUILD ? static_cast<nvinfer1::IPluginV3OneBuild*>(this) : nullptr;
+  }
+  return nullptr;
+}
+
+nvinfer1::IPluginV3* BinaryPlugin::clone() noexcept {
+  try {
+    // Every member is a value type: the copy shares nothing with this plugin.
+    auto* p = new BinaryPlugin(mLayer, mParams, mPhase);
+    p->mPlan = mPlan;
+    p->mPlanned = mPlanned;
+    return p;
+  } catch (std::exception const& e) {
+    log_error(mLayer + ": clone failed: " + e.what());
+    return nullptr;
+  }
+}
+
+char const* BinaryPlugin::getPluginName() const noexcept { return core::op_name(mParams.kind); }
+char const* BinaryPlugin::getPluginVersion() const noexcept { return kPluginVersion; }
+char const* BinaryPlugin::getPluginNamespace() const noexcept { return kPluginNamespace; }
+
+int32_t BinaryPlugin::getNbOutputs() const noexcept { return 1; }
+
+int32_t BinaryPlugin::configurePlugin(nvinfer1::DynamicPluginTensorDesc const* in, int32_t nbInputs,
+                                      nvinfer1::DynamicPluginTensorDesc const* /*out*/, int32_t nbOutputs) noexcept {
+  try {
+    if (nbOutputs != 1) {
+      log_error(mLayer + ": expected 1 output, got " + std::to_string(nbOutputs));
+      return -1;
+    }
+    core::Status st = core::check_inputs(mParams, infos(in, nbInputs, 'd'), mLayer);
+    if (!st.ok) {
+      log_error(st.message);
+      return -1;
+    }
+    // The largest shapes of the profile must also be valid (too small a min is caught at enqueue).
+    std::vector<int64_t> y;
+    st = core::output_dims(mParams, infos(in, nbInputs, 'x'), mLayer, &y);
+    if (!st.ok) {
+      log_error(st.message);
+      return -1;
+    }
+    return 0;
+  } catch (std::exception const& e) {
+    log_error(mLayer + ": configurePlugin: " + e.what());
+    return -1;
+  }
+}
+
+int32_t BinaryPlugin::getOutputDataTypes(DataType* outputTypes, int32_t nbOutputs, DataType const* inputTypes,
+                                         int32_t nbInputs) const noexcept {
+  if (nbOutputs != 1 || nbInputs < core::kMinInputs || nbInputs > core::kMaxInputs) {
+    log_error(mLayer + ": expected 4 or 5 inputs and 1 output, got " + std::to_string(nbInputs) + " and " +
+              std::to_string(nbOutputs));
+    return -1;
+  }
+  const core::TensorType y = core::output_type(to_core(inputTypes[0]));
+  if (y == core::TensorType::kOther) {
+    log_error(mLayer + ": input 0 (X) must be float32 or float16 (no int8/bf16/fp8 support in the binary kernels)");
+    return -1;
+  }
+  outputTypes[0] = inputTypes[0];  // Y has the dtype of X
+  return 0;
+}
+
+int32_t BinaryPlugin::getOutputShapes(nvinfer1::DimsExprs const* inputs, int32_t nbInputs,
+                                      nvinfer1::DimsExprs const* /*shapeInputs*/, int32_t /*nbShapeInputs*/,
+                                      nvinfer1::DimsExprs* outputs, int32_t nbOutputs,
+                                      nvinfer1::IExprBuilder& exprBuilder) noexcept {
+  try {
+    if (nbOutputs != 1 || nbInputs < core::kMinInputs || nbInputs > core::kMaxInputs) {
+      log_error(mLayer + ": expected 4 or 5 inputs and 1 output");
+      return -1;
+    }
+    nvinfer1::DimsExprs const& x = inputs[0];
+    nvinfer1::DimsExprs const& w = inputs[1];
+    if (w.nbDims < 1) {
+      log_error(mLayer + ": input 1 (Wbits) must have O as its first axis");
+      return -1;
+    }
+    if (mParams.kind == core::OpKind::kConv2d) {
+      if (x.nbDims != 4) {
+        log_error(mLayer + ": input 0 (X) must be 4-D NCHW, got rank " + std::to_string(x.nbDims));
+        return -1;
+      }
+      ExprArith a{exprBuilder};
+      const core::ConvParams& c = mParams.conv;
+      outputs[0].nbDims = 4;
+      outputs[0].d[0] = x.d[0];
+      outputs[0].d[1] = w.d[0];
+      outputs[0].d[2] = core::conv_out_extent(a, x.d[2], c.kernel[0], c.strides[0], c.pads[0], c.pads[2]);
+      outputs[0].d[3] = core::conv_out_extent(a, x.d[3], c.kernel[1], c.strides[1], c.pads[1], c.pads[3]);
+    } else {
+      if (x.nbDims < 1) {
+        log_error(mLayer + ": input 0 (X) must be [..., in_features]");
+        return -1;
+      }
+      outputs[0] = x;
+      outputs[0].d[x.nbDims - 1] = w.d[0];
+    }
+    return 0;
+  } catch (std::exception const& e) {
+    log_error(mLayer + ": getOutputShapes: " + e.what());
+    return -1;
+  }
+}
+
+bool BinaryPlugin::supportsFormatCombination(int32_t pos, nvinfer1::DynamicPluginTensorDesc const* inOut,
+                                             int32_t nbInputs, int32_t nbOutputs) noexcept {
+  try {
+    // Only positions 0..pos are decided when TensorRT asks about pos.
+    std::vector<core::TensorInfo> io = infos(inOut, pos + 1, 'd');
+    return core::supports_combination(pos, io.data(), nbInputs, nbOutputs);
+  } catch (...) {
+    return false;
+  }
+}
+
+size_t BinaryPlugin::getWorkspaceSize(nvinfer1::DynamicPluginTensorDesc const* inputs, int32_t nbInputs,
+                                      nvinfer1::DynamicPluginTensorDesc const* /*outputs*/,
+                                      int32_t /*nbOutputs*/) const noexcept {
+  try {
+    // Sized for the profile's max shapes: the workspace then fits every shape the engine accepts.
+    core::LaunchPlan plan;
+    core::Status st = core::plan_launch(mParams, infos(inputs, nbInputs, 'x'), mLayer, &plan);
+    if (!st.ok) {
+      log_error(st.message);
+      return 0;
+    }
+    return mParams.kind == core::OpKind::kConv2d ? cuda::conv2d_workspace_bytes(plan.conv)
+                                                 : cuda::linear_workspace_bytes(plan.linear);
+  } catch (std::exception const& e) {
+    log_error(mLayer + ": getWorkspaceSize: " + e.what());
+    return 0;
+  }
+}
+
+char const* BinaryPlugin::getTimingCacheID() noexcept {
+  // One entry per attribute set: layers with equal attributes share their timing.
+  return mCacheId.c_str();
+}
+
+int32_t BinaryPlugin::onShapeChange(nvinfer1::PluginTensorDesc const* in, int32_t nbInputs,
+                                    nvinfer1::PluginTensorDesc const* /*out*/, int32_t /*nbOutputs*/) noexcept {
+  try {
+    core::Status st = core::plan_launch(mParams, infos(in, nbInputs), mLayer, &mPlan);
+    mPlanned = st.ok;
+    if (!st.ok) {
+      log_error(st.message);
+      return -1;
+    }
+    return 0;
+  } catch (std::exception const& e) {
+    log_error(mLayer + ": onShapeChange: " + e.what());
+    mPlanned = false;
+    return -1;
+  }
+}
+
+int32_t BinaryPlugin::enqueue(nvinfer1::PluginTensorDesc const* inputDesc, nvinfer1::PluginTensorDesc const* /*out*/,
+                              void const* const* inputs, void* const* outputs, void* workspace,
+                              cudaStream_t stream) noexcept {
+  (void)inputDesc;  // the shapes were planned in onShapeChange, which TensorRT calls on every shape change
+  if (!mPlanned) {
+    log_error(mLayer + ": enqueue without a successful onShapeChange");
+    return -1;
+  }
+  if (mPlan.empty) return 0;
+  const auto* wbits = static_cast<int32_t const*>(inputs[1]);
+  const auto* alpha = static_cast<float const*>(inputs[2]);
+  const auto* bias = static_cast<float const*>(inputs[3]);
+  const auto* wzero = mPlan.has_wzero ? static_cast<int32_t const*>(inputs[4]) : nullptr;
+  cudaError_t err = mPlan.kind == core::OpKind::kConv2d
+                        ? cuda::binary_conv2d(mPlan.conv, mPlan.dtype, inputs[0], wbits, wzero, alpha, bias,
+                                              outputs[0], workspace, stream)
+                        : cuda::binary_linear(mPlan.linear, mPlan.dtype, inputs[0], wbits, wzero, alpha, bias,
+                                              outputs[0], workspace, stream);
+  if (err != cudaSuccess) {
+    log_error(mLayer + ": kernel launch failed: " + cudaGetErrorString(err));
+    return -1;
+  }
+  return 0;
+}
+
+nvinfer1::IPluginV3* BinaryPlugin::attachToContext(nvinfer1::IPluginResourceContext* /*context*/) noexcept {
+  // No per-context resources: each execution context gets its own full copy.
+  return clone();
+}
+
+nvinfer1::PluginFieldCollection const* BinaryPlugin::getFieldsToSerialize() noexcept {
+  try {
+    mSerialized = core::serialize_fields(mParams);
+    mFields.clear();
+    for (core::OwnedField const& f : mSerialized) {
+      mFields.emplace_back(f.name.c_str(), f.ints.data(), to_trt(f.type), static_cast<int32_t>(f.ints.size()));
+    }
+    mFieldCollection.nbFields = static_cast<int32_t>(mFields.size());
+    mFieldCollection.fields = mFields.data();
+    return &mFieldCollection;
+  } catch (std::exception const& e) {
+    log_error(mLayer + ": getFieldsToSerialize: " + e.what());
+    return nullptr;
+  }
+}
+
+// ------------------------------------------------------------------ BinaryPluginCreator
+
+BinaryPluginCreator::BinaryPluginCreator(core::OpKind kind) : mKind(kind) {
+  for (core::FieldSpec const& s : core::field_specs(kind)) {
+    mFieldNames.emplace_back(s.name, nullptr, to_trt(s.type), s.length);
+  }
+  mFieldCollection.nbFields = static_cast<int32_t>(mFieldNames.size());
+  mFieldCollection.fields = mFieldNames.data();
+}
+
+nvinfer1::IPluginV3* BinaryPluginCreator::createPlugin(char const* name, nvinfer1::PluginFieldCollection const* fc,
+                                                       nvinfer1::TensorRTPhase phase) noexcept {
+  try {
+    const std::string layer = name != nullptr ? name : "";
+    // The field buffers belong to the caller and die after this call: copy out of them here.
+    std::vector<core::FieldView> fields;
+    if (fc != nullptr) {
+      for (int32_t i = 0; i < fc->nbFields; ++i) {
+        nvinfer1::PluginField const& f = fc->fields[i];
+        fields.push_back({f.name != nullptr ? f.name : "", to_core(f.type), f.data, f.length});
+      }
+    }
+    core::OpParams params;
+    core::Status st = core::parse_fields(mKind, fields, layer, &params);
+    if (!st.ok) {
+      log_error(st.message);
+      return nullptr;
+    }
+    return new BinaryPlugin(layer, params, phase);
+  } catch (std::exception const& e) {
+    log_error(std::string(core::op_name(mKind)) + ": createPlugin failed: " + e.what());
+    return nullptr;
+  }
+}
+
+nvinfer1::PluginFieldCollection const* BinaryPluginCreator::getFieldNames() noexcept { return &mFieldCollection; }
+char const* BinaryPluginCreator::getPluginName() const noexcept { return core::op_name(mKind); }
+char const* BinaryPluginCreator::getPluginVersion() const noexcept { return kPluginVersion; }
+char const* BinaryPluginCreator::getPluginNamespace() const noexcept { return kPluginNamespace; }
+
+}  // namespace trt
+}  // namespace bimaco

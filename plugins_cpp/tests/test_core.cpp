@@ -1,0 +1,398 @@
+// Host tests of the TensorRT-free plugin logic (plugins_cpp/core/). No framework:
+// each TEST registers itself; main runs them all and exits non-zero on a failure.
+// `test_core --dump-fields` prints the advertised fields as JSON instead, so the
+// pytest side can hold them to bimaco_deploy/plugins/contract.py.
+#include <cstdio>
+#include <cstring>
+#include <functional>
+#include <string>
+#include <vector>
+
+#include "fields.h"
+#include "shapes.h"
+
+using namespace bimaco;
+using namespace bimaco::core;
+
+namespace {
+
+struct TestCase {
+  const char* name;
+  std::function<void()> fn;
+};
+std::vector<TestCase>& registry() {
+  static std::vector<TestCase> r;
+  return r;
+}
+struct Register {
+  Register(const char* n, std::function<void()> f) { registry().push_back({n, std::move(f)}); }
+};
+int g_failures = 0;
+
+#define TEST(name)                             \
+  void name();                                 \
+  static Register reg_##name(#name, name);     \
+  void name()
+
+#define CHECK(cond)                                                             \
+  do {                                                                          \
+    if (!(cond)) {                                                              \
+      std::fprintf(stderr, "  %s:%d: CHECK failed: %s\n", __FILE__, __LINE__, #cond); \
+      ++g_failures;                                                             \
+    }                                                                           \
+  } while (0)
+
+#define CHECK_CONTAINS(text, needle)                                                              \
+  do {                                                                                            \
+    if (std::string(text).find(needle) == std::string::npos) {                                    \
+      std::fprintf(stderr, "  %s:%d: '%s' does not contain '%s'\n", __FILE__, __LINE__,            \
+                   std::string(text).c_str(), needle);                                            \
+      ++g_failures;                                                                               \
+    }                                                                                             \
+  } while (0)
+
+// Views of owned fields, as the plugin builds PluginFields from getFieldsToSerialize.
+std::vector<FieldView> views(const std::vector<OwnedField>& owned) {
+  std::vector<FieldView> v;
+  for (const OwnedField& f : owned) v.push_back({f.name, f.type, f.ints.data(), static_cast<int32_t>(f.ints.size())});
+  return v;
+}
+
+FieldView ints_field(const char* name, const std::vector<int32_t>& data) {
+  return {name, FieldType::kInt32, data.data(), static_cast<int32_t>(data.size())};
+}
+
+OpParams conv_params(int c, int k, int s, int pad) {
+  OpParams p;
+  p.kind = OpKind::kConv2d;
+  p.conv.in_channels = c;
+  p.conv.kernel[0] = p.conv.kernel[1] = k;
+  p.conv.strides[0] = p.conv.strides[1] = s;
+  for (int& v : p.conv.pads) v = pad;
+  return p;
+}
+
+OpParams linear_params(int k) {
+  OpParams p;
+  p.kind = OpKind::kLinear;
+  p.linear.in_features = k;
+  return p;
+}
+
+std::vector<TensorInfo> conv_inputs(std::vector<int64_t> x, int o, int k, int c, TensorType xt = TensorType::kFloat32,
+                                    bool wzero = false) {
+  std::vector<TensorInfo> in = {{x, xt, true},
+                                {{o, k, k, num_words(c)}, TensorType::kInt32, true},
+                                {{o}, TensorType::kFloat32, true},
+                                {{o}, TensorType::kFloat32, true}};
+  if (wzero) in.push_back({{o, k, k, num_words(c)}, TensorType::kInt32, true});
+  return in;
+}
+
+// ------------------------------------------------------------------ fields
+
+TEST(conv_fields_roundtrip) {
+  OpParams p = conv_params(33, 3, 2, 1);
+  p.conv.pads[2] = 0;  // asymmetric
+  OpParams q;
+  Status st = parse_fields(OpKind::kConv2d, views(serialize_fields(p)), "l", &q);
+  CHECK(st.ok);
+  CHECK(q == p);
+  CHECK(q.conv.pads[2] == 0 && q.conv.pads[3] == 1);
+}
+
+TEST(linear_fields_roundtrip) {
+  OpParams p = linear_params(192), q;
+  CHECK(parse_fields(OpKind::kLinear, views(serialize_fields(p)), "l", &q).ok);
+  CHECK(q == p);
+}
+
+TEST(serialized_fields_follow_specs) {
+  for (OpKind kind : {OpKind::kConv2d, OpKind::kLinear}) {
+    const OpParams p = kind == OpKind::kConv2d ? conv_params(8, 3, 1, 1) : linear_params(8);
+    const auto specs = field_specs(kind);
+    const auto owned = serialize_fields(p);
+    CHECK(specs.size() == owned.size());
+    for (size_t i = 0; i < specs.size() && i < owned.size(); ++i) {
+      CHECK(owned[i].name == specs[i].name);
+      CHECK(static_cast<int32_t>(owned[i].ints.size()) == specs[i].length);
+    }
+  }
+}
+
+TEST(defaults_apply_for_strides_and_pads) {
+  std::vector<int32_t> c = {16}, k = {1, 1};
+  OpParams q;
+  CHECK(parse_fields(OpKind::kConv2d, {ints_field("in_channels", c), ints_field("kernel_shape", k)}, "", &q).ok);
+  CHECK(q.conv.strides[0] == 1 && q.conv.strides[1] == 1);
+  CHECK(q.conv.pads[0] == 0 && q.conv.pads[3] == 0);
+}
+
+TEST(int64_fields_are_accepted) {
+  std::vector<int64_t> c = {40}, k = {3, 3};
+  OpParams q;
+  std::vector<FieldView> f = {{"in_channels", FieldType::kInt64, c.data(), 1},
+                              {"kernel_shape", FieldType::kInt64, k.data(), 2}};
+  CHECK(parse_fields(OpKind::kConv2d, f, "", &q).ok);
+  CHECK(q.conv.in_channels == 40 && q.conv.kernel[1] == 3);
+}
+
+TEST(missing_required_field_is_named) {
+  std::vector<int32_t> k = {3, 3};
+  OpParams q;
+  Status st = parse_fields(OpKind::kConv2d, {ints_field("kernel_shape", k)}, "input_blocks.1.0.in_layers.2", &q);
+  CHECK(!st.ok);
+  CHECK_CONTAINS(st.message, "in_channels");
+  CHECK_CONTAINS(st.message, "input_blocks.1.0.in_layers.2");
+  st = parse_fields(OpKind::kLinear, {}, "qkv", &q);
+  CHECK(!st.ok);
+  CHECK_CONTAINS(st.message, "in_features");
+}
+
+TEST(wrong_lengths_and_types_are_rejected) {
+  std::vector<int32_t> c = {8}, k = {3, 3}, pads2 = {1, 1}, neg = {-1, 0, 0, 0}, zero_stride = {0, 1};
+  OpParams q;
+  Status st = parse_fields(OpKind::kConv2d,
+                           {ints_field("in_channels", c), ints_field("kernel_shape", k), ints_field("pads", pads2)},
+                           "", &q);
+  CHECK(!st.ok);
+  CHECK_CONTAINS(st.message, "'pads' has 2 values");
+  st = parse_fields(OpKind::kConv2d,
+                    {ints_field("in_channels", c), ints_field("kernel_shape", k), ints_field("pads", neg)}, "", &q);
+  CHECK(!st.ok);
+  CHECK_CONTAINS(st.message, "non-negative");
+  st = parse_fields(OpKind::kConv2d,
+                    {ints_field("in_channels", c), ints_field("kernel_shape", k), ints_field("strides", zero_stride)},
+                    "", &q);
+  CHECK(!st.ok);
+  CHECK_CONTAINS(st.message, "strides must be positive");
+  float f = 1.0f;
+  st = parse_fields(OpKind::kLinear, {{"in_features", FieldType::kFloat32, &f, 1}}, "", &q);
+  CHECK(!st.ok);
+  CHECK_CONTAINS(st.message, "must be integer");
+  std::vector<int32_t> zero = {0};
+  st = parse_fields(OpKind::kLinear, {ints_field("in_features", zero)}, "", &q);
+  CHECK(!st.ok);
+  CHECK_CONTAINS(st.message, "positive");
+}
+
+TEST(unknown_field_is_an_error) {
+  std::vector<int32_t> k = {8}, one = {1};
+  OpParams q;
+  Status st = parse_fields(OpKind::kLinear, {ints_field("in_features", k), ints_field("fuse_rprelu", one)}, "", &q);
+  CHECK(!st.ok);
+  CHECK_CONTAINS(st.message, "unknown field 'fuse_rprelu'");
+}
+
+TEST(plugin_version_and_namespace_are_checked) {
+  std::vector<int32_t> k = {8};
+  const char v1[] = "1", ns[] = "bimaco", v2[] = "2";
+  OpParams q;
+  // some writers count the NUL, some do not: both must parse
+  CHECK(parse_fields(OpKind::kLinear,
+                     {ints_field("in_features", k), {"plugin_version", FieldType::kChar, v1, 1},
+                      {"plugin_namespace", FieldType::kChar, ns, 7}},
+                     "", &q)
+            .ok);
+  Status st = parse_fields(OpKind::kLinear, {ints_field("in_features", k), {"plugin_version", FieldType::kChar, v2, 1}},
+                           "", &q);
+  CHECK(!st.ok);
+  CHECK_CONTAINS(st.message, "plugin_version is '2'");
+}
+
+TEST(params_key_distinguishes_params) {
+  CHECK(params_key(conv_params(8, 3, 1, 1)) != params_key(conv_params(8, 3, 2, 1)));
+  CHECK(params_key(conv_params(8, 3, 1, 1)) == params_key(conv_params(8, 3, 1, 1)));
+  CHECK(params_key(linear_params(8)) != params_key(linear_params(9)));
+  CHECK_CONTAINS(params_key(conv_params(8, 3, 1, 1)), "BinaryConv2d_v1");
+}
+
+// ------------------------------------------------------------------ shapes
+
+TEST(conv_output_extent_matches_onnx_floor_rule) {
+  IntArith a;
+  // (size + p0 + p1 - k) / s + 1, compared with a brute-force count of window starts
+  for (int size = 1; size <= 20; ++size)
+    for (int k = 1; k <= 3; ++k)
+      for (int s = 1; s <= 3; ++s)
+        for (int p = 0; p < k; ++p) {
+          int starts = 0;
+          for (int pos = -p; pos + k <= size + p; pos += s) ++starts;
+          if (starts == 0) continue;
+          CHECK(conv_out_extent(a, size, k, s, p, p) == starts);
+        }
+  CHECK(conv_out_extent(a, 64, 3, 2, 1, 1) == 32);
+  CHECK(conv_out_extent(a, 7, 3, 2, 1, 0) == 3);  // asymmetric
+}
+
+TEST(floor_div_rounds_down_for_negatives) {
+  IntArith a;
+  CHECK(a.floor_div(-1, 2) == -1);
+  CHECK(a.floor_div(-4, 2) == -2);
+  CHECK(a.floor_div(5, 2) == 2);
+}
+
+TEST(conv_output_dims_keep_dynamic_axes) {
+  std::vector<int64_t> y;
+  CHECK(output_dims(conv_params(40, 3, 2, 1), conv_inputs({-1, 40, 64, -1}, 24, 3, 40), "", &y).ok);
+  CHECK((y == std::vector<int64_t>{-1, 24, 32, -1}));
+}
+
+TEST(conv_input_too_small_is_an_error) {
+  std::vector<int64_t> y;
+  Status st = output_dims(conv_params(8, 3, 1, 0), conv_inputs({1, 8, 2, 8}, 8, 3, 8), "down", &y);
+  CHECK(!st.ok);
+  CHECK_CONTAINS(st.message, "height 2 is too small");
+}
+
+TEST(linear_output_dims_replace_last_axis) {
+  std::vector<TensorInfo> in = {{{-1, 4096, 192}, TensorType::kFloat16, true},
+                                {{576, 6}, TensorType::kInt32, true},
+                                {{576}, TensorType::kFloat32, true},
+                                {{576}, TensorType::kFloat32, true}};
+  std::vector<int64_t> y;
+  CHECK(output_dims(linear_params(192), in, "", &y).ok);
+  CHECK((y == std::vector<int64_t>{-1, 4096, 576}));
+}
+
+TEST(check_inputs_names_the_bad_input) {
+  // X channels disagree with in_channels
+  Status st = check_inputs(conv_params(40, 3, 1, 1), conv_inputs({1, 41, 8, 8}, 8, 3, 40), "mid");
+  CHECK(!st.ok);
+  CHECK_CONTAINS(st.message, "input 0 (X) has shape [1, 41, 8, 8], expected [?, 40, ?, ?]");
+  // Wbits word count disagrees with in_channels (33 channels need 2 words)
+  auto in = conv_inputs({1, 33, 8, 8}, 8, 3, 32);
+  st = check_inputs(conv_params(33, 3, 1, 1), in, "");
+  CHECK(!st.ok);
+  CHECK_CONTAINS(st.message, "input 1 (Wbits)");
+  // alpha length disagrees with O
+  in = conv_inputs({1, 8, 8, 8}, 8, 3, 8);
+  in[2].dims = {7};
+  st = check_inputs(conv_params(8, 3, 1, 1), in, "");
+  CHECK(!st.ok);
+  CHECK_CONTAINS(st.message, "input 2 (alpha)");
+  // Wbits of the wrong type (uint8 widened elsewhere, or float)
+  in = conv_inputs({1, 8, 8, 8}, 8, 3, 8);
+  in[1].type = TensorType::kFloat32;
+  st = check_inputs(conv_params(8, 3, 1, 1), in, "");
+  CHECK(!st.ok);
+  CHECK_CONTAINS(st.message, "input 1 (Wbits) is float32, expected int32");
+  // X of an unsupported type
+  in = conv_inputs({1, 8, 8, 8}, 8, 3, 8, TensorType::kInt32);
+  st = check_inputs(conv_params(8, 3, 1, 1), in, "");
+  CHECK(!st.ok);
+  CHECK_CONTAINS(st.message, "expected float32 or float16");
+  // Wzero must have the layout of Wbits
+  in = conv_inputs({1, 8, 8, 8}, 8, 3, 8, TensorType::kFloat32, true);
+  in[4].dims = {8, 1, 1, 1};
+  st = check_inputs(conv_params(8, 3, 1, 1), in, "");
+  CHECK(!st.ok);
+  CHECK_CONTAINS(st.message, "input 4 (Wzero)");
+  // wrong input count
+  in.resize(3);
+  st = check_inputs(conv_params(8, 3, 1, 1), in, "");
+  CHECK(!st.ok);
+  CHECK_CONTAINS(st.message, "has 3 inputs");
+}
+
+TEST(format_combinations) {
+  auto in = conv_inputs({1, 8, 8, 8}, 8, 3, 8);
+  in.push_back({{1, 8, 8, 8}, TensorType::kFloat32, true});  // Y
+  for (int pos = 0; pos < 5; ++pos) CHECK(supports_combination(pos, in.data(), 4, 1));
+  in[4].type = TensorType::kFloat16;  // Y must follow X
+  CHECK(!supports_combination(4, in.data(), 4, 1));
+  in[0].type = TensorType::kFloat16;
+  CHECK(supports_combination(0, in.data(), 4, 1));
+  CHECK(supports_combination(4, in.data(), 4, 1));
+  in[0].linear = false;  // e.g. kCHW32
+  CHECK(!supports_combination(0, in.data(), 4, 1));
+  in[0] = {{1, 8, 8, 8}, TensorType::kOther, true};  // e.g. int8 or bf16
+  CHECK(!supports_combination(0, in.data(), 4, 1));
+  in[0].type = TensorType::kFloat32;
+  in[1].type = TensorType::kFloat32;  // weights stay int32
+  CHECK(!supports_combination(1, in.data(), 4, 1));
+  in[1].type = TensorType::kInt32;
+  in[2].type = TensorType::kFloat16;  // alpha stays float32 even for fp16 X
+  CHECK(!supports_combination(2, in.data(), 4, 1));
+  // with Wzero: position 4 is an input (int32), position 5 the output
+  auto in5 = conv_inputs({1, 8, 8, 8}, 8, 3, 8, TensorType::kFloat32, true);
+  in5.push_back({{1, 8, 8, 8}, TensorType::kFloat32, true});
+  CHECK(supports_combination(4, in5.data(), 5, 1));
+  CHECK(supports_combination(5, in5.data(), 5, 1));
+  in5[4].type = TensorType::kFloat32;
+  CHECK(!supports_combination(4, in5.data(), 5, 1));
+  CHECK(!supports_combination(0, in5.data(), 5, 2));  // one output only
+}
+
+TEST(plan_conv_launch) {
+  OpParams p = conv_params(33, 3, 2, 1);
+  p.conv.pads[3] = 0;
+  LaunchPlan plan;
+  Status st = plan_launch(p, conv_inputs({2, 33, 9, 10}, 17, 3, 33, TensorType::kFloat16, true), "", &plan);
+  CHECK(st.ok);
+  CHECK(plan.kind == OpKind::kConv2d);
+  CHECK(plan.dtype == DType::kFloat16);
+  CHECK(plan.has_wzero);
+  CHECK(!plan.empty);
+  CHECK(plan.conv.n == 2 && plan.conv.c == 33 && plan.conv.h == 9 && plan.conv.w == 10 && plan.conv.o == 17);
+  CHECK(plan.conv.words() == 2);
+  CHECK(plan.conv.pad_right == 0 && plan.conv.pad_bottom == 1);
+  CHECK(plan.conv.out_h() == 5 && plan.conv.out_w() == 5);
+}
+
+TEST(plan_linear_launch_flattens_leading_dims) {
+  std::vector<TensorInfo> in = {{{2, 3, 5, 70}, TensorType::kFloat32, true},
+                                {{9, 3}, TensorType::kInt32, true},
+                                {{9}, TensorType::kFloat32, true},
+                                {{9}, TensorType::kFloat32, true}};
+  LaunchPlan plan;
+  CHECK(plan_launch(linear_params(70), in, "", &plan).ok);
+  CHECK(plan.linear.rows == 30 && plan.linear.k == 70 && plan.linear.o == 9);
+  CHECK(plan.linear.words() == 3);
+  CHECK(!plan.has_wzero);
+  in[0].dims[0] = 0;
+  CHECK(plan_launch(linear_params(70), in, "", &plan).ok);
+  CHECK(plan.empty);
+}
+
+TEST(plan_needs_concrete_shapes) {
+  LaunchPlan plan;
+  Status st = plan_launch(conv_params(8, 1, 1, 0), conv_inputs({-1, 8, 8, 8}, 8, 1, 8), "", &plan);
+  CHECK(!st.ok);
+  CHECK_CONTAINS(st.message, "concrete shapes");
+}
+
+void dump_fields() {
+  std::printf("{");
+  bool first_op = true;
+  for (OpKind kind : {OpKind::kConv2d, OpKind::kLinear}) {
+    std::printf("%s\"%s\": [", first_op ? "" : ", ", op_name(kind));
+    first_op = false;
+    bool first = true;
+    for (const FieldSpec& s : field_specs(kind)) {
+      std::printf("%s{\"name\": \"%s\", \"length\": %d}", first ? "" : ", ", s.name, s.length);
+      first = false;
+    }
+    std::printf("]");
+  }
+  std::printf("}\n");
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  if (argc > 1 && std::strcmp(argv[1], "--dump-fields") == 0) {
+    dump_fields();
+    return 0;
+  }
+  int failed_tests = 0;
+  for (const TestCase& t : registry()) {
+    const int before = g_failures;
+    t.fn();
+    const bool ok = g_failures == before;
+    failed_tests += ok ? 0 : 1;
+    std::printf("%s %s\n", ok ? "PASS" : "FAIL", t.name);
+  }
+  std::printf("%zu tests, %d failed\n", registry().size(), failed_tests);
+  return failed_tests == 0 ? 0 : 1;
+}

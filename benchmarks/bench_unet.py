@@ -77,7 +77,8 @@ def main(argv: List[str] | None = None) -> int:
     """Run the benchmark; write JSON + markdown into benchmarks/results/."""
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--repeats", type=int, default=5)
-    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--threads", type=int, nargs="+", default=[2, 1],
+                    help="thread counts to time (each gets its own rows and profile)")
     ap.add_argument("--latent", type=int, default=64)
     ap.add_argument("--out-dir", type=Path, default=RESULTS)
     args = ap.parse_args(argv)
@@ -86,7 +87,6 @@ def main(argv: List[str] | None = None) -> int:
     if not torch_ops.ops_available():
         print(f"native ops unavailable: {torch_ops.unavailable_reason()}", file=sys.stderr)
         return 1
-    torch.set_num_threads(args.threads)
     t0 = time.perf_counter()
     binary = load_unet("bimacosr")
     n_binary_params = sum(p.numel() for p in binary.parameters())
@@ -106,56 +106,69 @@ def main(argv: List[str] | None = None) -> int:
     x = torch.randn(1, 3, args.latent, args.latent, generator=g)
     lq = torch.randn(1, 3, args.latent, args.latent, generator=g)
     fwd_args = (x, ts, lq)
-    times: Dict[str, List[float]] = {"float": [], "packed": []}
-    with torch.no_grad():
-        packed(*fwd_args)
-        floatm(*fwd_args)
-        for _ in range(args.repeats):
-            for name, model in (("float", floatm), ("packed", packed)):
-                t = time.perf_counter()
-                model(*fwd_args)
-                times[name].append(time.perf_counter() - t)
-    med = {k: statistics.median(v) * 1e3 for k, v in times.items()}
-    prof = profile_forward(packed, fwd_args)
+    runs = []
+    for threads in args.threads:
+        torch.set_num_threads(threads)
+        times: Dict[str, List[float]] = {"float": [], "packed": []}
+        with torch.no_grad():
+            packed(*fwd_args)
+            floatm(*fwd_args)
+            for _ in range(args.repeats):
+                for name, model in (("float", floatm), ("packed", packed)):
+                    t = time.perf_counter()
+                    model(*fwd_args)
+                    times[name].append(time.perf_counter() - t)
+        med = {k: statistics.median(v) * 1e3 for k, v in times.items()}
+        runs.append({
+            "threads": threads,
+            "median_ms": med,
+            "all_ms": {k: [round(v * 1e3, 2) for v in vs] for k, vs in times.items()},
+            "speedup": med["float"] / med["packed"],
+            "profile_packed_ms": profile_forward(packed, fwd_args),
+            "loadavg": os.getloadavg(),
+        })
     result = {
-        "machine": {"cpu_isa": torch_ops.cpu_isa(), "threads": args.threads, "torch": torch.__version__,
-                    "loadavg_end": os.getloadavg()},
+        "machine": {"cpu_isa": torch_ops.cpu_isa(), "torch": torch.__version__},
         "latent": args.latent,
         "repeats": args.repeats,
         "timestep": int(ts),
-        "median_ms": med,
-        "all_ms": {k: [round(v * 1e3, 2) for v in vs] for k, vs in times.items()},
-        "speedup": med["float"] / med["packed"],
+        "runs": runs,
         "memory": mem,
         "float_params": n_float,
         "binary_reference_params": n_binary_params,
         "binary_reference_bytes": ref_bytes,
         "load_s": t_load,
         "pack_s": t_pack,
-        "profile_packed_ms": prof,
     }
     lines = [
         "# UNet forward, CPU (batch 1, {0}x{0} latent)".format(args.latent),
         "",
-        f"ISA `{result['machine']['cpu_isa']}`, threads {args.threads}, torch {torch.__version__}, "
-        f"median of {args.repeats} interleaved repeats; load average at end "
-        f"{tuple(round(v, 2) for v in result['machine']['loadavg_end'])}.",
+        f"ISA `{result['machine']['cpu_isa']}`, torch {torch.__version__}, median of {args.repeats} interleaved "
+        "repeats per thread count.",
         "",
-        "| model | median ms | all ms |",
-        "|---|---|---|",
-        f"| float reference (resshift-float) | {med['float']:.1f} | {result['all_ms']['float']} |",
-        f"| packed 1-bit (bimacosr) | {med['packed']:.1f} | {result['all_ms']['packed']} |",
+        "| threads | float reference (resshift-float) ms | packed 1-bit (bimacosr) ms | speed-up | load avg |",
+        "|---|---|---|---|---|",
+    ] + [
+        f"| {r['threads']} | {r['median_ms']['float']:.1f} {r['all_ms']['float']} | "
+        f"{r['median_ms']['packed']:.1f} {r['all_ms']['packed']} | {r['speedup']:.2f}x | "
+        f"{tuple(round(v, 1) for v in r['loadavg'])} |"
+        for r in runs
+    ] + [
         "",
-        f"Speed-up {result['speedup']:.2f}x. Weight memory: packed {mem['total_bytes'] / 2**20:.1f} MiB "
+        f"Weight memory: packed {mem['total_bytes'] / 2**20:.1f} MiB "
         f"(binary words {mem['binary_weight_bytes'] / 2**20:.1f}, side branches/RPReLU/bias "
         f"{mem['binary_layer_side_bytes'] / 2**20:.1f}, other layers {mem['other_bytes'] / 2**20:.1f}) vs float "
         f"{n_float:,} params = {mem['float_bytes'] / 2**20:.1f} MiB: {mem['compression']:.1f}x smaller.",
-        "",
-        "Where the packed forward's time goes (torch.profiler, one forward, main-thread ms):",
-        "",
-        "| part | ms |",
-        "|---|---|",
-    ] + [f"| {k} | {v:.1f} |" for k, v in prof.items()]
+    ]
+    for r in runs:
+        lines += [
+            "",
+            f"Where the packed forward's time goes at {r['threads']} thread(s) (torch.profiler, one forward, "
+            "main-thread ms):",
+            "",
+            "| part | ms |",
+            "|---|---|",
+        ] + [f"| {k} | {v:.1f} |" for k, v in r["profile_packed_ms"].items()]
     md = "\n".join(lines) + "\n"
     args.out_dir.mkdir(parents=True, exist_ok=True)
     (args.out_dir / "bench_unet.json").write_text(json.dumps(result, indent=1))

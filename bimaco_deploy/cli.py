@@ -94,10 +94,94 @@ def infer(
     except BimacoError as err:
         raise _fail(err)
     for item in report.items:
-        typer.echo(f"{item.input} -> {item.output}  {item.lr_size[1]}x{item.lr_size[0]} -> "
-                   f"{item.sr_size[1]}x{item.sr_size[0]}  {item.seconds:.2f} s")
+        typer.echo(f"{item.input} -> {item.output}  HxW {item.lr_size[0]}x{item.lr_size[1]} -> "
+                   f"{item.sr_size[0]}x{item.sr_size[1]}  {item.seconds:.2f} s")
     for path in report.skipped:
         typer.echo(f"skipped {path}")
+
+
+@app.command()
+def export(
+    out_dir: Path = typer.Argument(..., help="Artifact directory to write (unet.onnx, unet_portable.onnx, VQ graphs, report)."),
+    config: str = typer.Option("bimacosr", "--config", "-c", help="Config YAML or built-in name."),
+    unet_ckpt: Optional[Path] = typer.Option(None, "--unet", help="UNet checkpoint (.pth); none: seeded random weights."),
+    vq_ckpt: Optional[Path] = typer.Option(None, "--vq", help="VQ autoencoder checkpoint; VQ graphs are written with it (or under random init)."),
+    seed: int = typer.Option(0, "--seed", help="Seed of the random init (no --unet)."),
+    dtype: str = typer.Option("fp32", "--dtype", help="fp32 | fp16 (full-precision weights and activations)."),
+    opset: int = typer.Option(17, "--opset", help="ONNX opset (17)."),
+    force: bool = typer.Option(False, "--force", help="Replace an existing output directory."),
+    no_vq: bool = typer.Option(False, "--no-vq", help="Do not write the VQ graphs."),
+) -> None:
+    """Export a BiMaCoSR checkpoint to packed 1-bit ONNX (custom bimaco nodes + portable twin)."""
+    from .export.exporter import export as run_export
+
+    try:
+        run_export(config, unet_ckpt, out_dir, seed=seed, vq_ckpt=vq_ckpt, dtype=dtype, opset=opset, force=force,
+                   with_vq=False if no_vq else None)
+    except BimacoError as err:
+        raise _fail(err)
+
+
+@app.command()
+def check(
+    artifacts: Path = typer.Argument(..., help="Directory written by `bimaco-deploy export`."),
+    config: str = typer.Option("bimacosr", "--config", "-c", help="Config YAML or built-in name (as exported)."),
+    unet_ckpt: Optional[Path] = typer.Option(None, "--unet", help="UNet checkpoint; none: the same seeded random init."),
+    vq_ckpt: Optional[Path] = typer.Option(None, "--vq", help="VQ checkpoint for level 3; none: random weights."),
+    backend: str = typer.Option("onnxruntime", "--backend", "-b", help="Backend to check."),
+    images: Optional[List[Path]] = typer.Option(None, "--image", help="LR image for level 3 (repeatable; default calib/images)."),
+    levels: str = typer.Option("1,2,3", "--levels", help="Comma-separated levels to run."),
+    seed: int = typer.Option(0, "--seed", help="Seed of the random init and of the noise."),
+    device: str = typer.Option("cpu", "--device", help="cpu | cuda | auto."),
+    json_out: Optional[Path] = typer.Option(None, "--json", help="Also write the report as JSON here."),
+    layer: Optional[List[str]] = typer.Option(None, "--layer", help="Level 1 only for this binary layer (repeatable)."),
+    min_psnr: Optional[float] = typer.Option(None, "--min-psnr", help="Level 3 threshold in dB (default: report only)."),
+) -> None:
+    """Three-level parity of a backend against the PyTorch reference; exit 1 when a threshold fails."""
+    import json
+
+    from .runtime.parity import Thresholds, check as run_check, render_check_report
+
+    try:
+        lv = [int(v) for v in levels.split(",") if v.strip()]
+    except ValueError:
+        raise _fail(ValueError(f"--levels must be comma-separated integers, got {levels!r}"))
+    try:
+        report = run_check(config, unet_ckpt, artifacts, backend=backend, images=images, vq_ckpt=vq_ckpt,
+                           seed=seed, levels=lv, device=device, layers=layer, thresholds=Thresholds(min_psnr_db=min_psnr))
+    except BimacoError as err:
+        raise _fail(err)
+    render_check_report(report)
+    if json_out is not None:
+        json_out.write_text(json.dumps(report, indent=1, default=float))
+    if not report["passed"]:
+        raise typer.Exit(code=1)
+
+
+@app.command()
+def inspect(
+    config: str = typer.Option("bimacosr", "--config", "-c", help="Config YAML or built-in name."),
+    ckpt: Optional[Path] = typer.Option(None, "--ckpt", help="UNet checkpoint (.pth) to inspect; none: structure only."),
+    json_path: Path = typer.Option(Path("inspect.json"), "--json", help="Where to write the JSON report."),
+) -> None:
+    """Binary layers, parameters per branch, ideal deployed size and compression vs the float model."""
+    import json
+
+    from rich.console import Console
+
+    from .models import load_config, load_unet
+    from .models.inventory import inventory, render_inventory
+    from .reports import write_json_atomic
+
+    try:
+        cfg = load_config(config)
+        model = load_unet(cfg, ckpt) if ckpt is not None else None
+        inv = inventory(cfg, model, checkpoint=str(ckpt) if ckpt else None)
+        Console().print(render_inventory(inv))
+        write_json_atomic(json_path, inv.to_dict())
+    except BimacoError as err:
+        raise _fail(err)
+    typer.echo(f"wrote {json_path}")
 
 
 # <commands>

@@ -102,6 +102,7 @@ def export(
     progress: bool = True,
     console: Any = None,
     print_report: bool = True,
+    with_vq: Optional[bool] = None,
 ) -> ExportResult:
     """Export a BiMaCoSR UNet (and optionally its VQ autoencoder) to an artifact directory.
 
@@ -109,7 +110,8 @@ def export(
     speed figures of a config without a trained checkpoint. ``dtype`` "fp16"
     stores full-precision weights and activations in float16 (sign bits,
     alpha and bias of the binary cores stay as the contract says). Refuses an
-    existing ``out_dir`` unless ``force``.
+    existing ``out_dir`` unless ``force``. ``with_vq``: None writes the VQ graphs
+    when ``vq_ckpt`` is given or under random init; False never does.
     """
     from ..models import load_autoencoder, load_config, load_unet
     from ..models.checkpoint import read_state_dict
@@ -165,7 +167,8 @@ def export(
             files[PORTABLE_FILE] = tmp / PORTABLE_FILE
             models = {UNET_FILE: graph.model, PORTABLE_FILE: portable}
             vq_dtype = None
-            if cfg.autoencoder is not None and (vq_ckpt is not None or ckpt is None):
+            want_vq = (vq_ckpt is not None or ckpt is None) if with_vq is None else with_vq
+            if cfg.autoencoder is not None and want_vq:
                 prog.update(task, description="writing the VQ encoder and decoder")
                 vq = load_autoencoder(cfg.autoencoder, vq_ckpt, seed=seed)
                 vq_dtype = "fp16" if cfg.autoencoder.use_fp16 else "fp32"

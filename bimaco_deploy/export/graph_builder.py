@@ -22,6 +22,9 @@ IR_VERSION = 8
 
 Names = Union[str, List[str]]
 
+#: Shape plumbing whose node names would only add bytes: written unnamed (names are optional in ONNX).
+UNNAMED_OPS = frozenset({"Shape", "Concat", "Reshape", "Unsqueeze", "Squeeze", "Slice", "Range", "Equal", "Cast", "Identity"})
+
 _NP_TO_ONNX = {
     np.dtype(np.float32): TensorProto.FLOAT,
     np.dtype(np.float16): TensorProto.FLOAT16,
@@ -43,11 +46,12 @@ class GraphBuilder:
     (float32 or float16); integer and packed tensors keep their own types.
     """
 
-    def __init__(self, float_dtype: Union[np.dtype, type] = np.float32, *, prefix: str = ""):
+    def __init__(self, float_dtype: Union[np.dtype, type] = np.float32, *, prefix: str = "", compact_names: bool = True):
         self.float_dtype = np.dtype(float_dtype)
         if self.float_dtype not in (np.dtype(np.float32), np.dtype(np.float16)):
             raise ValueError(f"float dtype must be float32 or float16, got {self.float_dtype}")
         self.prefix = prefix
+        self.compact_names = compact_names
         self.nodes: List[onnx.NodeProto] = []
         self.initializers: List[onnx.TensorProto] = []
         self.value_info: List[onnx.ValueInfoProto] = []
@@ -57,6 +61,8 @@ class GraphBuilder:
         self._const_cache: Dict[Tuple[str, Tuple[int, ...], bytes], str] = {}
         self.domains: Dict[str, int] = {}
         self._short = 0
+        #: called by make_model before assembling (shared tables written once, after all users)
+        self.finalizers: List = []
 
     @property
     def float_type(self) -> int:
@@ -142,7 +148,9 @@ class GraphBuilder:
             out_names = list(outputs)
             for o in out_names:
                 self.reserve(o)
-        node = helper.make_node(op_type, list(inputs), out_names, name=node_name, domain=domain or None, **attrs)
+        keep_name = not (self.compact_names and op_type in UNNAMED_OPS and not domain)
+        node = helper.make_node(op_type, list(inputs), out_names, name=node_name if keep_name else None,
+                                domain=domain or None, **attrs)
         if domain:
             node.domain = domain
         self.nodes.append(node)
@@ -185,6 +193,8 @@ class GraphBuilder:
         doc: str = "",
     ) -> onnx.ModelProto:
         """Assemble the accumulated graph into a ModelProto."""
+        for fin in self.finalizers:
+            fin()
         graph = helper.make_graph(
             self.nodes,
             graph_name,

@@ -12,7 +12,7 @@ marked consumed but not exported.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Dict, Iterable, List, Mapping, Optional, Sequence, Set, Tuple
+from typing import Dict, List, Mapping, Optional, Sequence, Set, Tuple
 
 import numpy as np
 
@@ -294,7 +294,3 @@ def state_to_numpy(state: Mapping[str, object]) -> Dict[str, np.ndarray]:
             v = v.detach().cpu().numpy()  # type: ignore[union-attr]
         out[k] = np.asarray(v)
     return out
-
-
-def iter_names(layers: Iterable[object]) -> List[str]:
-    return [getattr(layer, "name") for layer in layers]

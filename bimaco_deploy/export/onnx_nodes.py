@@ -16,12 +16,12 @@ from __future__ import annotations
 from typing import Optional, Union
 
 import numpy as np
-from onnx import TensorProto
 
 from ..plugins import contract
 from .graph_builder import GraphBuilder
 from .layer_params import BinaryConvLayer, BinaryLinearLayer, SparseRows
 from .portable import expand_node
+from .smb_table import smb_table_for
 
 BinaryLayer = Union[BinaryConvLayer, BinaryLinearLayer]
 
@@ -69,65 +69,6 @@ def emit_core(gb: GraphBuilder, layer: BinaryLayer, x: str, *, portable: bool, x
     return y
 
 
-def pack_small_ints(values: np.ndarray, field_bits: int) -> np.ndarray:
-    """Pack non-negative ints below 2^(field_bits-1) into int32 words, 32/field_bits per word.
-
-    Keeps SMB column indices (16 bits) and row counts (8 bits) compact in int32,
-    the only integer type the TensorRT parser keeps intact. The top field stays
-    below half its range so every word is non-negative.
-    """
-    v = np.asarray(values, np.int64).reshape(-1)
-    per = 32 // field_bits
-    if v.size and (v.min() < 0 or v.max() >= (1 << (field_bits - 1))):
-        raise ValueError(f"values must lie in [0, {1 << (field_bits - 1)}) to pack in {field_bits} bits")
-    padded = np.zeros(((v.size + per - 1) // per) * per, np.int64)
-    padded[: v.size] = v
-    fields = padded.reshape(-1, per) << (field_bits * np.arange(per, dtype=np.int64))
-    return fields.sum(axis=1).astype(np.int32)
-
-
-def emit_unpack_small_ints(gb: GraphBuilder, words: str, count: int, field_bits: int, name: str) -> str:
-    """Inverse of :func:`pack_small_ints` in standard ops: int32 words -> int64 [count]."""
-    per = 32 // field_bits
-    w64 = gb.op("Cast", [words], to=TensorProto.INT64, name=f"{name}/i64")
-    unsq = gb.op("Unsqueeze", [w64, gb.i64([-1])], name=f"{name}/unsq")
-    shifted = gb.op("Div", [unsq, gb.i64([1 << (field_bits * i) for i in range(per)])], name=f"{name}/shift")
-    fields = gb.op("Mod", [shifted, gb.i64(1 << field_bits)], name=f"{name}/field")
-    flat = gb.reshape(fields, [-1], name=f"{name}/flat")
-    return gb.op("Slice", [flat, gb.i64([0]), gb.i64([count]), gb.i64([0])], name=f"{name}/slice")
-
-
-def _smb_tables(gb: GraphBuilder, smb: SparseRows, name: str) -> tuple:
-    """Emit the folded-at-load subgraph giving the padded (index [O*R], value [O, R]) tables.
-
-    Stored: cols (16-bit fields), values (float), counts (8-bit fields). Row o
-    uses positions start[o] + r for r < counts[o]; padding slots point at an
-    appended (column 0, value 0) entry, so they add exactly 0.
-    """
-    o, r, nnz = smb.out_features, smb.row_width, smb.nnz
-    col_bits = 16 if int(smb.cols.max(initial=0)) < (1 << 15) else 32
-    cnt_bits = 8 if r < (1 << 7) else 32
-    if col_bits == 32:
-        cols = gb.op("Cast", [gb.initializer(f"{name}.smb_cols", smb.cols.astype(np.int32))], to=TensorProto.INT64)
-    else:
-        cols = emit_unpack_small_ints(gb, gb.initializer(f"{name}.smb_cols", pack_small_ints(smb.cols, 16)), nnz, 16, f"{name}/smb_cols")
-    if cnt_bits == 32:
-        counts = gb.op("Cast", [gb.initializer(f"{name}.smb_counts", smb.counts.astype(np.int32))], to=TensorProto.INT64)
-    else:
-        counts = emit_unpack_small_ints(gb, gb.initializer(f"{name}.smb_counts", pack_small_ints(smb.counts, 8)), o, 8, f"{name}/smb_counts")
-    values = gb.weight(f"{name}.smb_values", smb.values)
-    start = gb.op("CumSum", [counts, gb.i64(0)], exclusive=1, name=f"{name}/smb_start")
-    slot = gb.i64(np.arange(r).reshape(1, r))
-    valid = gb.op("Less", [slot, gb.op("Unsqueeze", [counts, gb.i64([1])], name=f"{name}/smb_cnt_col")], name=f"{name}/smb_valid")
-    pos = gb.op("Add", [gb.op("Unsqueeze", [start, gb.i64([1])], name=f"{name}/smb_start_col"), slot], name=f"{name}/smb_pos_raw")
-    pos = gb.op("Where", [valid, pos, gb.i64(nnz)], name=f"{name}/smb_pos")
-    cols_ext = gb.op("Concat", [cols, gb.i64([0])], axis=0, name=f"{name}/smb_cols_ext")
-    vals_ext = gb.op("Concat", [values, gb.fconst([0.0])], axis=0, name=f"{name}/smb_vals_ext")
-    index = gb.reshape(gb.op("Gather", [cols_ext, pos], axis=0, name=f"{name}/smb_index_rows"), [-1], name=f"{name}/smb_index")
-    value = gb.op("Gather", [vals_ext, pos], axis=0, name=f"{name}/smb_value")  # [O, R]
-    return index, value
-
-
 def emit_smb(gb: GraphBuilder, smb: SparseRows, x: str, name: str, *, conv: bool, x_rank: int = 4) -> str:
     """Compact sparse map: Gather the used inputs per output row, weight them, sum the row.
 
@@ -135,7 +76,7 @@ def emit_smb(gb: GraphBuilder, smb: SparseRows, x: str, name: str, *, conv: bool
     Linear: X [..., K] -> Gather(axis -1) [..., O*R] -> [..., O, R] -> * v -> sum R.
     """
     o, r = smb.out_features, smb.row_width
-    idx, value = _smb_tables(gb, smb, name)
+    idx, value = smb_table_for(gb).add(smb, name)
     if conv:
         gathered = gb.op("Gather", [x, idx], axis=1, name=f"{name}/smb_gather")
         target = gb.concat_i64([[0, o, r], gb.shape_of(x, start=2)])
@@ -220,5 +161,4 @@ __all__ = [
     "emit_binary_linear",
     "emit_binary_layer",
     "single_layer_model",
-    "TensorProto",
 ]

@@ -20,7 +20,7 @@ reference does the same) and cast back.
 
 from __future__ import annotations
 
-from typing import Dict, List, Optional, Sequence
+from typing import Dict, Optional, Sequence
 
 import numpy as np
 import onnx
@@ -28,7 +28,7 @@ from onnx import TensorProto, helper
 
 from ..errors import ArtifactError
 from ..plugins import contract
-from .graph_builder import DEFAULT_OPSET, GraphBuilder
+from .graph_builder import GraphBuilder
 
 
 def _attrs(node: onnx.NodeProto) -> Dict[str, object]:
@@ -142,11 +142,9 @@ def to_portable(model: onnx.ModelProto) -> onnx.ModelProto:
         gb.reserve(t.name)
     for i in g.input:
         gb.reserve(i.name)
-    custom_outputs = set()
     for node in g.node:
         if node.domain == contract.DOMAIN:
             expand_node(gb, node, fp16)
-            custom_outputs.update(node.output)
         else:
             gb.nodes.append(node)
     new_graph = helper.make_graph(
@@ -169,4 +167,4 @@ def has_custom_nodes(model: onnx.ModelProto) -> bool:
     return any(n.domain == contract.DOMAIN for n in model.graph.node)
 
 
-__all__ = ["to_portable", "expand_node", "unpack_signs", "has_custom_nodes", "DEFAULT_OPSET"]
+__all__ = ["to_portable", "expand_node", "unpack_signs", "has_custom_nodes"]

@@ -89,7 +89,7 @@ def initializer_breakdown(model: onnx.ModelProto) -> Dict[str, int]:
         ".bias": "bias",
         ".rprelu_": "rprelu",
         ".lrmb_": "lrmb",
-        ".smb_": "smb",
+        "smb_table.": "smb",
     }
     out: Dict[str, int] = collections.defaultdict(int)
     for t in model.graph.initializer:

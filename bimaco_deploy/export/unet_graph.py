@@ -26,7 +26,7 @@ from onnx import TensorProto
 from ..errors import CheckpointError, ConfigError
 from ..models.config import UNetConfig
 from .graph_builder import GraphBuilder
-from .layer_params import BinaryConvLayer, BinaryLinearLayer, StateReader, read_binary_conv, read_binary_linear
+from .layer_params import StateReader, read_binary_conv, read_binary_linear
 from .onnx_nodes import emit_binary_conv, emit_binary_linear
 
 GN_GROUPS = 32
@@ -132,8 +132,12 @@ class _UNetWriter:
             epsilon=GN_EPS, name=f"{prefix}/norm",
         )
         back = gb.reshape(normed, gb.shape_of(xf), name=f"{prefix}/ungroup")
-        g = gb.initializer(prefix + ".weight", gamma.astype(np.float32).reshape(-1, 1, 1))
-        b = gb.initializer(prefix + ".bias", beta.astype(np.float32).reshape(-1, 1, 1))
+        # stored in the graph dtype (float16 exports: as a half model would hold them), applied in float32
+        g = gb.weight(prefix + ".weight", gamma.reshape(-1, 1, 1))
+        b = gb.weight(prefix + ".bias", beta.reshape(-1, 1, 1))
+        if fp16:
+            g = gb.op("Cast", [g], to=TensorProto.FLOAT, name=f"{prefix}/weight_f32")
+            b = gb.op("Cast", [b], to=TensorProto.FLOAT, name=f"{prefix}/bias_f32")
         y = gb.op("Add", [gb.op("Mul", [back, g], name=f"{prefix}/scale"), b], name=f"{prefix}/shift")
         return gb.op("Cast", [y], to=gb.float_type, name=f"{prefix}/to_f16") if fp16 else y
 

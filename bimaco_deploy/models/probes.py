@@ -45,33 +45,43 @@ def capture_binary_inputs(model: nn.Module, first_call_only: bool = True) -> Ite
             h.remove()
 
 
-@contextlib.contextmanager
-def force_signs(model: nn.Module, flips: Dict[str, np.ndarray]) -> Iterator[None]:
-    """Negate chosen elements (flat indices) of chosen binary layers' inputs, on their first call.
+#: One forced element: (flat index, target sign -1/0/+1, reference margin used when x is 0).
+Override = Tuple[int, int, float]
 
-    Used to show that a divergence from a reference is explained by a single
-    near-zero activation taking the other sign: negating x keeps |x| (so the scale),
-    flips the sign, and moves the float side branches by only 2|x| (tiny by definition).
+
+@contextlib.contextmanager
+def force_signs(model: nn.Module, overrides: Dict[str, List[Override]]) -> Iterator[None]:
+    """Give chosen elements of chosen binary layers' inputs another sign, on the layer's first call.
+
+    Used to show that a divergence from a reference is explained by near-zero
+    activations taking another sign. A nonzero element keeps its magnitude (so the
+    scale s is unchanged) and the float side branches move by only 2|x|, tiny by
+    definition; an exact zero becomes +-(margin * s); a target of 0 zeroes the element.
     """
     done: set = set()
     handles = []
+    layers = dict(iter_binary_layers(model))
 
-    def make_hook(name: str, idx: np.ndarray) -> Callable:
+    def make_hook(name: str, items: List[Override]) -> Callable:
+        channel_dim = 1 if isinstance(layers[name], BinaryConv2d) else -1
+
         def hook(_module: nn.Module, args: Tuple[torch.Tensor, ...]):
             if name in done:
                 return None
             done.add(name)
             x = args[0].clone()
+            s = x.abs().mean(dim=channel_dim, keepdim=True).expand_as(x).reshape(-1)
             flat = x.view(-1)
-            t = torch.as_tensor(idx, dtype=torch.long)
-            flat[t] = -flat[t]
+            for idx, target, margin in items:
+                v = flat[idx]
+                magnitude = v.abs() if v != 0 else margin * s[idx]
+                flat[idx] = target * magnitude
             return (x,) + tuple(args[1:])
 
         return hook
 
-    layers = dict(iter_binary_layers(model))
-    for name, idx in flips.items():
-        handles.append(layers[name].register_forward_pre_hook(make_hook(name, np.asarray(idx))))
+    for name, items in overrides.items():
+        handles.append(layers[name].register_forward_pre_hook(make_hook(name, list(items))))
     try:
         yield
     finally:
@@ -125,14 +135,14 @@ def flat_positions(shape: Tuple[int, ...], idx: np.ndarray) -> List[Tuple[int, .
 class DivergenceExplanation:
     """Result of :func:`explain_divergence`: the flips that make our forward follow the reference's."""
 
-    flips: List[Tuple[str, int, float]]  # (layer, flat index, reference margin)
+    flips: List[Tuple[str, int, float, int]]  # (layer, flat index, reference margin, sign we gave it)
     max_abs_error: float
     explained: bool
     first_divergence: Optional[Tuple[str, float]]
 
 
 def explain_divergence(
-    run: Callable[[Dict[str, np.ndarray]], Tuple[torch.Tensor, Dict[str, torch.Tensor]]],
+    run: Callable[[Dict[str, List[Override]]], Tuple[torch.Tensor, Dict[str, torch.Tensor]]],
     layers: Dict[str, nn.Module],
     order: List[str],
     fragile: Dict[str, Tuple[np.ndarray, np.ndarray]],
@@ -148,14 +158,16 @@ def explain_divergence(
     The reference is known only through its output and, per layer, the positions and
     margins of its fragile elements (``fragile[layer] = (flat indices, margins)``, as in
     the fixtures' signs.npz). Our margins at those positions track the reference's
-    until the first flip; the first layer where they stop tracking bounds where it
-    happened. Greedily negate one candidate (reference margin < ``flip_margin``)
-    before that bound, keep the one that pushes the divergence furthest, repeat.
-    A divergence explained this way is float-rounding noise, not a bug.
+    until the first sign disagreement; the first layer where they stop tracking
+    bounds where it happened. Greedily give one candidate (reference margin below
+    ``flip_margin``) the other sign, keep the change that pushes the divergence
+    furthest, repeat. ``run(overrides)`` runs our forward under :func:`force_signs` and
+    returns (output, captured binary-layer inputs). A divergence explained this way
+    is float-rounding noise, not a bug.
     """
 
-    def track(flips: Dict[str, List[int]]):
-        out, cap = run({k: np.asarray(v) for k, v in flips.items()})
+    def track(overrides: Dict[str, List[Override]]):
+        out, cap = run(overrides)
         first = None
         for pos, name in enumerate(order):
             if name not in fragile:
@@ -166,34 +178,47 @@ def explain_divergence(
             if dev.max() > margin_tol:
                 first = (pos, name, float(dev.max()))
                 break
-        return float(np.abs(out.numpy() - reference_out).max()), first
+        return float(np.abs(out.numpy() - reference_out).max()), first, cap
 
-    chosen: List[Tuple[str, int, float]] = []
-    flips: Dict[str, List[int]] = {}
-    err, first = track(flips)
+    chosen: List[Tuple[str, int, float, int]] = []
+    overrides: Dict[str, List[Override]] = {}
+    err, first, cap = track(overrides)
     while err > atol and first is not None and len(chosen) < max_flips:
         bound = first[0]
-        cands = [
-            (pos, name, int(i), float(m))
-            for pos, name in enumerate(order[: bound + 1])
-            if name in fragile
-            for i, m in zip(*fragile[name])
-            if 0 < m < flip_margin and (name, int(i)) not in {(c[0], c[1]) for c in chosen}
-        ]
+        taken = {(c[0], c[1]) for c in chosen}
+        trials = []
+        for pos, name in enumerate(order[: bound + 1]):
+            if name not in fragile:
+                continue
+            x = cap[name].reshape(-1)
+            for i, m in zip(*fragile[name]):
+                i, m = int(i), float(m)
+                if m >= flip_margin or (name, i) in taken:
+                    continue
+                ours = float(x[i])
+                if ours != 0 and m > 0:
+                    targets = [-int(np.sign(ours))]
+                elif ours != 0:
+                    targets = [0]  # the reference binarized an exact zero here
+                elif m > 0:
+                    targets = [-1, 1]  # we have an exact zero, the reference a tiny value
+                else:
+                    continue
+                trials += [(pos, name, i, m, t) for t in targets]
         best = None
-        for pos, name, i, m in sorted(cands, key=lambda c: -c[0]):
-            trial = {k: list(v) for k, v in flips.items()}
-            trial.setdefault(name, []).append(i)
-            t_err, t_first = track(trial)
+        for pos, name, i, m, target in sorted(trials, key=lambda c: -c[0]):
+            trial = {k: list(v) for k, v in overrides.items()}
+            trial.setdefault(name, []).append((i, target, m))
+            t_err, t_first, t_cap = track(trial)
             t_pos = len(order) if t_first is None else t_first[0]
             if best is None or t_pos > best[0] or (t_pos == best[0] and t_err < best[1]):
-                best = (t_pos, t_err, t_first, name, i, m, trial)
+                best = (t_pos, t_err, t_first, t_cap, name, i, m, target, trial)
             if t_err <= atol:
                 break
         if best is None or best[0] <= bound:
             break
-        _, err, first, name, i, m, flips = best
-        chosen.append((name, i, m))
+        _, err, first, cap, name, i, m, target, overrides = best
+        chosen.append((name, i, m, target))
     return DivergenceExplanation(
         flips=chosen,
         max_abs_error=err,

@@ -15,14 +15,14 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import List, Optional, Tuple, Union
+from typing import Dict, List, Optional, Tuple, Union
 
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
 from ..errors import InputError
 from .images import read_image, read_image_uint8, save_png
 from .pipeline import OneStepSR
-from .tiling import super_resolve
+from .tiling import plan_tiles, super_resolve
 
 PathLike = Union[str, Path]
 
@@ -66,7 +66,7 @@ def _plan(inputs: Path, output: Path) -> Tuple[List[Tuple[Path, Path]], List[Pat
         if not files:
             raise InputError(f"{inputs}: no files to process")
         pairs = [(p, output / f"{p.stem}.png") for p in files]
-        by_name: dict = {}
+        by_name: Dict[str, List[str]] = {}
         for src, dst in pairs:
             by_name.setdefault(dst.name, []).append(src.name)
         clashes = [f"{', '.join(v)} -> {k}" for k, v in by_name.items() if len(v) > 1]
@@ -122,6 +122,7 @@ def infer(
     """
     start = time.perf_counter()
     inputs, output = Path(inputs), Path(output)
+    plan_tiles(1, 1, tile, stride)  # an invalid tiling fails here, before anything is written
     pairs, skipped = _plan(inputs, output)
     _validate(pairs)
     report = InferReport(skipped=skipped)

@@ -19,8 +19,20 @@ using detail::Tile;
 
 namespace {
 
-constexpr int kPixelChunk = 64;           // output pixels of one row per work item
-constexpr int64_t kWeightBlockBytes = 32 * 1024;  // weights of one work item stay in L1
+constexpr int kPixelChunk = 64;  // output pixels of one row per work item
+// Below this many (pixel, channel-block, tap, word) steps a call runs on the calling thread.
+constexpr int64_t kInlineWork = 16 * 1024;
+
+// Weight bytes of one work item's output-channel group: small enough to stay in L1
+// next to the activation rows and output lines. BIMACO_CPU_WBLOCK overrides (tuning).
+int64_t weight_block_bytes() {
+  static const int64_t v = [] {
+    const char* env = std::getenv("BIMACO_CPU_WBLOCK");
+    const long long n = env ? std::atoll(env) : 0;
+    return n > 0 ? int64_t(n) : int64_t(8 * 1024);
+  }();
+  return v;
+}
 
 bool cpu_has(Isa isa) {
   switch (isa) {
@@ -158,13 +170,18 @@ void prepare(Isa isa, int o, int taps, int words, int c, const int32_t* wbits, c
 void run_tiles(Isa isa, const Gemm& g, const ParallelFor& pfor) {
   const int nob = g.o_pad / g.lanes;
   const int64_t ob_bytes = int64_t(g.taps) * g.words * g.lanes * 4;
-  const int group = int(std::max<int64_t>(1, std::min<int64_t>(nob, kWeightBlockBytes / ob_bytes)));
+  const int group = int(std::max<int64_t>(1, std::min<int64_t>(nob, weight_block_bytes() / ob_bytes)));
   const int ngroups = (nob + group - 1) / group;
   const int nchunks = (g.wo + kPixelChunk - 1) / kPixelChunk;
   const int64_t rows = int64_t(g.n) * g.ho * nchunks;
   const GemmFn fn = gemm_of(isa);
+  // Tiny problems (a time-embedding linear on one row) finish faster than a thread
+  // wake-up, which on a busy machine can take a scheduler tick: run them inline.
+  const int64_t work = int64_t(g.n) * g.ho * g.wo * nob * g.taps * g.words;
+  const bool inline_run = work < kInlineWork;
+  const ParallelFor serial = [](int64_t n, const RangeFn& f) { if (n > 0) f(0, n); };
   // group outermost: a thread's consecutive items reuse the same weight block
-  pfor(int64_t(ngroups) * rows, [&](int64_t b, int64_t e) {
+  (inline_run ? serial : pfor)(int64_t(ngroups) * rows, [&](int64_t b, int64_t e) {
     for (int64_t it = b; it < e; ++it) {
       const int gi = int(it / rows);
       int64_t r = it % rows;
@@ -270,7 +287,9 @@ void binary_conv2d(const ConvShape& s, const float* x, const int32_t* wbits, con
   std::atomic<bool> any_zero{false};
   const int64_t hw = int64_t(s.h) * s.w;
   const bool avx2_pack = packs_with_avx2(isa);
-  pfor(int64_t(s.n) * s.h, [&](int64_t b, int64_t e) {
+  const ParallelFor serial = [](int64_t n, const RangeFn& f) { if (n > 0) f(0, n); };
+  const bool small = int64_t(s.n) * s.c * hw < 64 * 1024;  // see kInlineWork
+  (small ? serial : pfor)(int64_t(s.n) * s.h, [&](int64_t b, int64_t e) {
     bool z = false;
     for (int64_t r = b; r < e; ++r) {
       const int64_t ni = r / s.h, hi = r % s.h;
@@ -326,7 +345,8 @@ void binary_linear(const LinearShape& s, const float* x, const int32_t* wbits, c
   std::atomic<bool> any_zero{false};
   const bool avx2_pack = packs_with_avx2(isa);
   const int64_t nchunks = (s.rows + kPixelChunk - 1) / kPixelChunk;
-  pfor(nchunks, [&](int64_t b, int64_t e) {
+  const ParallelFor serial = [](int64_t n, const RangeFn& f) { if (n > 0) f(0, n); };
+  (s.rows * s.k < 64 * 1024 ? serial : pfor)(nchunks, [&](int64_t b, int64_t e) {
     const int64_t r0 = b * kPixelChunk, r1 = std::min(s.rows, e * kPixelChunk);
     bool z;
 #if defined(__x86_64__) || defined(_M_X64)

@@ -36,11 +36,12 @@ inline __m256i bytes_to_u32(__m256i b) {
   return _mm256_madd_epi16(_mm256_maddubs_epi16(b, _mm256_set1_epi8(1)), _mm256_set1_epi16(1));
 }
 
-// P output pixels x 8 output channels (block ob): out[i][l].
-template <int P, bool kMasked>
+// P output pixels x 8 output channels (block ob): out[i][l]. kWords > 0 fixes the word
+// count at compile time (the published model's channel counts) so the word loop unrolls.
+template <int P, bool kMasked, int kWords>
 inline void block(const Gemm& g, const uint32_t* xb, const uint32_t* xz, const float* xs,
                   const int64_t* base, int ob, __m256* out) {
-  const int words = g.words;
+  const int words = kWords > 0 ? kWords : g.words;
   const __m256i lut = _mm256_setr_epi8(0, 1, 1, 2, 1, 2, 2, 3, 1, 2, 2, 3, 2, 3, 3, 4, 0, 1, 1, 2, 1,
                                        2, 2, 3, 1, 2, 2, 3, 2, 3, 3, 4);
   const __m256i low = _mm256_set1_epi8(0x0f);
@@ -97,14 +98,31 @@ inline void block(const Gemm& g, const uint32_t* xb, const uint32_t* xz, const f
   for (int i = 0; i < P; ++i) out[i] = _mm256_fmadd_ps(acc[i], av, bvv);
 }
 
-template <int P, bool kMasked>
+template <int P, bool kMasked, int kWords>
 inline void run_pixels(const Gemm& g, const Tile& t, int ow, int ob, const uint32_t* xb,
                        const uint32_t* xz, const float* xs) {
   int64_t base[P];
   for (int i = 0; i < P; ++i) base[i] = g.in_pixel(t.oh, ow + i);
   __m256 out[P];
-  block<P, kMasked>(g, xb, xz, xs, base, ob, out);
-  const bool direct = g.y_o_stride == 1 && (ob + 1) * kLanes <= g.o;
+  block<P, kMasked, kWords>(g, xb, xz, xs, base, ob, out);
+  const bool full_block = (ob + 1) * kLanes <= g.o;
+  if constexpr (P == 4) {
+    if (g.y_p_stride == 1 && full_block) {
+      // NCHW output: transpose 4 pixels x 8 channels so each channel row gets one
+      // 4-float store instead of 4 scalar stores
+      const __m256 t0 = _mm256_unpacklo_ps(out[0], out[1]), t1 = _mm256_unpackhi_ps(out[0], out[1]);
+      const __m256 t2 = _mm256_unpacklo_ps(out[2], out[3]), t3 = _mm256_unpackhi_ps(out[2], out[3]);
+      const __m256 u[4] = {_mm256_shuffle_ps(t0, t2, 0x44), _mm256_shuffle_ps(t0, t2, 0xEE),
+                           _mm256_shuffle_ps(t1, t3, 0x44), _mm256_shuffle_ps(t1, t3, 0xEE)};
+      float* dst = g.y + t.n * g.y_n_stride + int64_t(t.oh) * g.wo + ow + int64_t(ob) * kLanes * g.y_o_stride;
+      for (int l = 0; l < 4; ++l) {
+        _mm_storeu_ps(dst + l * g.y_o_stride, _mm256_castps256_ps128(u[l]));
+        _mm_storeu_ps(dst + (l + 4) * g.y_o_stride, _mm256_extractf128_ps(u[l], 1));
+      }
+      return;
+    }
+  }
+  const bool direct = g.y_o_stride == 1 && full_block;
   for (int i = 0; i < P; ++i) {
     const int64_t p = int64_t(t.oh) * g.wo + ow + i;
     if (direct) {
@@ -117,7 +135,7 @@ inline void run_pixels(const Gemm& g, const Tile& t, int ow, int ob, const uint3
   }
 }
 
-template <bool kMasked>
+template <bool kMasked, int kWords>
 void gemm_impl(const Gemm& g, const Tile& t) {
   constexpr int P = kMasked ? 2 : 4;
   const int64_t img = int64_t(t.n) * g.img_pixels;
@@ -126,25 +144,41 @@ void gemm_impl(const Gemm& g, const Tile& t) {
   const float* xs = g.xs + img;
   for (int ob = t.ob0; ob < t.ob1; ++ob) {
     int ow = t.ow0;
-    for (; ow + P <= t.ow1; ow += P) run_pixels<P, kMasked>(g, t, ow, ob, xb, xz, xs);
-    for (; ow < t.ow1; ++ow) run_pixels<1, kMasked>(g, t, ow, ob, xb, xz, xs);
+    for (; ow + P <= t.ow1; ow += P) run_pixels<P, kMasked, kWords>(g, t, ow, ob, xb, xz, xs);
+    for (; ow < t.ow1; ++ow) run_pixels<1, kMasked, kWords>(g, t, ow, ob, xb, xz, xs);
   }
 }
 
 }  // namespace
 
 void gemm_avx2(const Gemm& g, const Tile& t) {
-  if (g.wz)
-    gemm_impl<true>(g, t);
-  else
-    gemm_impl<false>(g, t);
+  if (g.wz) return gemm_impl<true, 0>(g, t);
+  switch (g.words) {  // 160, 192, 320, 480, 640, 768, 960 channels
+    case 5:
+      return gemm_impl<false, 5>(g, t);
+    case 6:
+      return gemm_impl<false, 6>(g, t);
+    case 10:
+      return gemm_impl<false, 10>(g, t);
+    case 15:
+      return gemm_impl<false, 15>(g, t);
+    case 20:
+      return gemm_impl<false, 20>(g, t);
+    case 24:
+      return gemm_impl<false, 24>(g, t);
+    case 30:
+      return gemm_impl<false, 30>(g, t);
+    default:
+      return gemm_impl<false, 0>(g, t);
+  }
 }
 
 bool pack_row_avx2(const float* x, int c, int64_t hw, int w, int words, uint32_t* bits,
                    uint32_t* zero, float* s) {
   const __m256 zf = _mm256_setzero_ps();
   const __m256 absmask = _mm256_castsi256_ps(_mm256_set1_epi32(0x7fffffff));
-  const __m256 inv = _mm256_set1_ps(1.f / float(c));
+  // a true division, as torch's mean: sum * (1/c) can be 1 ulp off (e.g. c = 470)
+  const __m256 cnum = _mm256_set1_ps(float(c));
   __m256i anyz = _mm256_setzero_si256();
   int i = 0;
   for (; i + 8 <= w; i += 8) {
@@ -168,7 +202,7 @@ bool pack_row_avx2(const float* x, int c, int64_t hw, int w, int words, uint32_t
         zero[int64_t(i + l) * words + j] = zbs[l];
       }
     }
-    _mm256_storeu_ps(s + i, _mm256_mul_ps(acc, inv));
+    _mm256_storeu_ps(s + i, _mm256_div_ps(acc, cnum));
   }
   bool any_zero = !_mm256_testz_si256(anyz, anyz);
   if (i < w) {
@@ -182,7 +216,6 @@ bool pack_rows_avx2(const float* x, int64_t rows, int k, int words, uint32_t* bi
                     uint32_t* zero, float* s) {
   const __m256 zf = _mm256_setzero_ps();
   const __m256 absmask = _mm256_castsi256_ps(_mm256_set1_epi32(0x7fffffff));
-  const float inv = 1.f / float(k);
   bool any_zero = false;
   for (int64_t r = 0; r < rows; ++r) {
     const float* xr = x + r * k;
@@ -211,7 +244,7 @@ bool pack_rows_avx2(const float* x, int64_t rows, int k, int words, uint32_t* bi
     alignas(32) float a[8];
     _mm256_store_ps(a, acc);
     const float sum = ((a[0] + a[1]) + (a[2] + a[3])) + ((a[4] + a[5]) + (a[6] + a[7])) + tail_acc;
-    s[r] = sum * inv;
+    s[r] = sum / float(k);
   }
   return any_zero;
 }

@@ -37,15 +37,13 @@ bool pack_row_scalar(const float* x, int c, int64_t hw, int w, int words, uint32
       any_zero |= zb[i] != 0;
     }
   }
-  const float inv = 1.f / float(c);
-  for (int i = 0; i < w; ++i) s[i] = acc[i] * inv;
+  for (int i = 0; i < w; ++i) s[i] = acc[i] / float(c);  // divide, as torch's mean
   return any_zero;
 }
 
 bool pack_rows_scalar(const float* x, int64_t rows, int k, int words, uint32_t* bits,
                       uint32_t* zero, float* s) {
   bool any_zero = false;
-  const float inv = 1.f / float(k);
   for (int64_t r = 0; r < rows; ++r) {
     const float* xr = x + r * k;
     float acc = 0.f;
@@ -62,7 +60,7 @@ bool pack_rows_scalar(const float* x, int64_t rows, int k, int words, uint32_t* 
       zero[r * words + j] = zb;
       any_zero |= zb != 0;
     }
-    s[r] = acc * inv;
+    s[r] = acc / float(k);
   }
   return any_zero;
 }

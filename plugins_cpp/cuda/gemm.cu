@@ -5,7 +5,9 @@
 // integer dot product is finished, weighted by that tap's s and added to a float
 // accumulator before the next tap starts (a 3x3 conv is nine popcount GEMMs).
 //
-// One block computes a 64 x 64 output tile with 4 warps (2 x 2 warps of 32 x 32).
+// One block computes a 64 x 64 output tile with 4 warps (2 x 2 warps of 32 x 32),
+// walking (tap, 16-word chunk) stages; X words are padded per pixel to a multiple of 4
+// (one k128 step), so channel counts that are not multiples of 128 need no tail path.
 // Two bodies share that tiling:
 //  * mma_tile: 1-bit tensor cores. sm_80+ uses mma m16n8k128 .and.popc (the form
 //    every sm_80+ part has; .xor.popc is deprecated on sm_90) and rebuilds the XOR
@@ -88,6 +90,57 @@ __device__ __forceinline__ void store_output(const GemmArgs& a, int64_t m, int o
 #if defined(BIMACO_MMA_AND) || defined(BIMACO_MMA_XOR)
 #define BIMACO_HAS_MMA 1
 
+// One thread's share of one stage's tiles, loaded from global memory ahead of use.
+struct StageRegs {
+  uint4 a[2];     // X words: tile rows idx >> 2, words (idx & 3) * 4 .. +3, idx = tid + 128 i
+  uint32_t b[8];  // W words: channel tid >> 1, words (tid & 1) * 8 .. +7 of the chunk
+  float s;        // scale of tile row tid (tid < 64, first chunk of a tap only)
+  int xpop;       // popcount of that row's sign bits
+};
+
+__device__ __forceinline__ void load_stage(const GemmArgs& a, const Smem& sm, int n0, int stage, int chunks,
+                                           StageRegs& out) {
+  const Geometry& g = a.g;
+  const int tid = threadIdx.x;
+  const int tap = stage / chunks;
+  const int kc0 = (stage % chunks) * kChunk;
+  const int ky = tap / g.kw, kx = tap % g.kw;
+  const int64_t tap_off = static_cast<int64_t>(ky) * g.wp + kx;
+  // A: 64 rows x 16 words = 256 uint4, two per thread. wpad is a multiple of 4, so a
+  // uint4 lies wholly inside or wholly past the row.
+#pragma unroll
+  for (int i = 0; i < 2; ++i) {
+    const int idx = tid + i * kThreads;
+    const int word = kc0 + (idx & 3) * 4;
+    const long long rp = sm.rowpix[idx >> 2];
+    out.a[i] = make_uint4(0u, 0u, 0u, 0u);
+    if (rp >= 0 && word < g.wpad) {
+      out.a[i] = __ldg(reinterpret_cast<const uint4*>(a.ws.xbits + (rp + tap_off) * g.wpad + word));
+    }
+  }
+  // B: the weight row is not padded, so loads are scalar and bounded; the tail bits of
+  // the last word are cleared (the contract lets them be anything).
+  const int oc = n0 + (tid >> 1);
+  const uint32_t last_mask = tail_mask(g.c);
+#pragma unroll
+  for (int i = 0; i < 8; ++i) {
+    const int word = kc0 + (tid & 1) * 8 + i;
+    uint32_t v = 0u;
+    if (oc < g.o && word < g.words) {
+      v = __ldg(a.wbits + (static_cast<int64_t>(oc) * g.kh * g.kw + tap) * g.words + word);
+      if (word == g.words - 1) v &= last_mask;
+    }
+    out.b[i] = v;
+  }
+  out.s = 0.f;
+  out.xpop = 0;
+  if (kc0 == 0 && tid < kBM) {
+    const long long rp = sm.rowpix[tid];
+    out.s = rp >= 0 ? a.ws.scale[rp + tap_off] : 0.f;
+    out.xpop = rp >= 0 ? a.ws.xpop[rp + tap_off] : 0;
+  }
+}
+
 template <typename T>
 __device__ void mma_tile(const GemmArgs& a, Smem& sm, int64_t m0, int n0) {
   const Geometry& g = a.g;
@@ -95,7 +148,6 @@ __device__ void mma_tile(const GemmArgs& a, Smem& sm, int64_t m0, int n0) {
   const int lane = tid & 31, warp = tid >> 5;
   const int grp = lane >> 2, tig = lane & 3;  // MMA groupID / threadID_in_group
   const int wm = (warp & 1) * 32, wn = (warp >> 1) * 32;
-  const uint32_t last_mask = tail_mask(g.c);
   const int taps = g.kh * g.kw;
 
   // acc[r][j][e]: row wm + 8r + grp, column wn + 8j + 2*tig + e.
@@ -111,113 +163,98 @@ __device__ void mma_tile(const GemmArgs& a, Smem& sm, int64_t m0, int n0) {
         facc[r][j][e] = 0.f;
       }
 
-  for (int ky = 0; ky < g.kh; ++ky) {
-    for (int kx = 0; kx < g.kw; ++kx) {
-      const int tap = ky * g.kw + kx;
-      const int64_t tap_off = static_cast<int64_t>(ky) * g.wp + kx;
-      for (int kc0 = 0; kc0 < g.wpad; kc0 += kChunk) {
-        __syncthreads();  // the previous pass's fragments and epilogue reads are done
-        // A: 64 rows x 16 words = 256 uint4, two per thread. wpad is a multiple of 4,
-        // so a uint4 lies wholly inside or wholly past the row.
-#pragma unroll
-        for (int i = 0; i < 2; ++i) {
-          const int idx = tid + i * kThreads;
-          const int row = idx >> 2, quad = idx & 3;
-          const int word = kc0 + quad * 4;
-          uint4 v = make_uint4(0u, 0u, 0u, 0u);
-          const long long rp = sm.rowpix[row];
-          if (rp >= 0 && word < g.wpad) {
-            v = __ldg(reinterpret_cast<const uint4*>(a.ws.xbits + (rp + tap_off) * g.wpad + word));
-          }
-          *reinterpret_cast<uint4*>(&sm.a[row][quad * 4]) = v;
-        }
-        // B: 64 channels x 16 words, 8 consecutive words per thread (two threads per
-        // channel); the weight row is not padded, so loads are scalar and bounded.
-        {
-          const int col = tid >> 1, half = tid & 1;
-          const int oc = n0 + col;
-          int pop = 0;
-#pragma unroll
-          for (int i = 0; i < 8; ++i) {
-            const int word = kc0 + half * 8 + i;
-            uint32_t v = 0u;
-            if (oc < g.o && word < g.words) {
-              v = __ldg(a.wbits + (static_cast<int64_t>(oc) * taps + tap) * g.words + word);
-              if (word == g.words - 1) v &= last_mask;
-            }
-            sm.b[col][half * 8 + i] = v;
-            pop += __popc(v);
-          }
-          pop += __shfl_xor_sync(0xffffffffu, pop, 1);
-          if (half == 0) sm.wpop[col] = (kc0 == 0 ? 0 : sm.wpop[col]) + pop;
-        }
-        if (kc0 == 0 && tid < kBM) {
-          const long long rp = sm.rowpix[tid];
-          sm.s[tid] = rp >= 0 ? a.ws.scale[rp + tap_off] : 0.f;
-          sm.xpop[tid] = rp >= 0 ? a.ws.xpop[rp + tap_off] : 0;
-        }
-        __syncthreads();
+  // One stage = one (tap, chunk of kChunk words). The next stage's global loads are
+  // issued into registers before this stage's MMAs, so their latency overlaps compute.
+  const int chunks = (g.wpad + kChunk - 1) / kChunk;
+  const int stages = taps * chunks;
+  const int b_col = tid >> 1, b_half = tid & 1;  // B staging: two threads per channel
+  StageRegs next;
+  load_stage(a, sm, n0, 0, chunks, next);
 
-        const int ksteps = min(kChunk, g.wpad - kc0) / 4;
-        for (int ks = 0; ks < ksteps; ++ks) {
-          const int kw0 = ks * 4 + tig;
-          uint32_t af[4], bf[4];
+  for (int stage = 0; stage < stages; ++stage) {
+    const int chunk = stage % chunks;
+    const int kc0 = chunk * kChunk;
+    __syncthreads();  // every warp is done with the previous stage's smem (MMA + epilogue)
 #pragma unroll
-          for (int r = 0; r < 4; ++r) af[r] = sm.a[wm + r * 8 + grp][kw0];
+    for (int i = 0; i < 2; ++i) {
+      const int idx = tid + i * kThreads;
+      *reinterpret_cast<uint4*>(&sm.a[idx >> 2][(idx & 3) * 4]) = next.a[i];
+    }
+    int pop = 0;
 #pragma unroll
-          for (int j = 0; j < 4; ++j) bf[j] = sm.b[wn + j * 8 + grp][kw0];
+    for (int i = 0; i < 8; ++i) {
+      sm.b[b_col][b_half * 8 + i] = next.b[i];
+      pop += __popc(next.b[i]);
+    }
+    pop += __shfl_xor_sync(0xffffffffu, pop, 1);
+    if (b_half == 0) sm.wpop[b_col] = (chunk == 0 ? 0 : sm.wpop[b_col]) + pop;
+    if (chunk == 0 && tid < kBM) {
+      sm.s[tid] = next.s;
+      sm.xpop[tid] = next.xpop;
+    }
+    __syncthreads();
+    if (stage + 1 < stages) load_stage(a, sm, n0, stage + 1, chunks, next);
+
+    const int ksteps = min(kChunk, g.wpad - kc0) / 4;
+    for (int ks = 0; ks < ksteps; ++ks) {
+      const int kw0 = ks * 4 + tig;
+      uint32_t af[4], bf[4];
+#pragma unroll
+      for (int r = 0; r < 4; ++r) af[r] = sm.a[wm + r * 8 + grp][kw0];
+#pragma unroll
+      for (int j = 0; j < 4; ++j) bf[j] = sm.b[wn + j * 8 + grp][kw0];
 #if defined(BIMACO_MMA_AND)
-          // m16n8k128: a0 = rows 0-7 (groupID), a1 = rows 8-15; d0,d1 row groupID,
-          // d2,d3 row groupID + 8, columns 2*tig and 2*tig + 1.
+      // m16n8k128: a0 = rows 0-7 (groupID), a1 = rows 8-15; d0,d1 row groupID,
+      // d2,d3 row groupID + 8, columns 2*tig and 2*tig + 1.
 #pragma unroll
-          for (int rr = 0; rr < 2; ++rr)
+      for (int rr = 0; rr < 2; ++rr)
 #pragma unroll
-            for (int j = 0; j < 4; ++j) {
-              asm volatile(
-                  "mma.sync.aligned.m16n8k128.row.col.s32.b1.b1.s32.and.popc "
-                  "{%0,%1,%2,%3}, {%4,%5}, {%6}, {%0,%1,%2,%3};\n"
-                  : "+r"(iacc[2 * rr][j][0]), "+r"(iacc[2 * rr][j][1]), "+r"(iacc[2 * rr + 1][j][0]),
-                    "+r"(iacc[2 * rr + 1][j][1])
-                  : "r"(af[2 * rr]), "r"(af[2 * rr + 1]), "r"(bf[j]));
-            }
-#else
-          // m8n8k128: a0 = row groupID, b0 = column groupID; d0,d1 columns 2*tig + {0,1}.
-#pragma unroll
-          for (int r = 0; r < 4; ++r)
-#pragma unroll
-            for (int j = 0; j < 4; ++j) {
-              asm volatile(
-                  "mma.sync.aligned.m8n8k128.row.col.s32.b1.b1.s32.xor.popc "
-                  "{%0,%1}, {%2}, {%3}, {%0,%1};\n"
-                  : "+r"(iacc[r][j][0]), "+r"(iacc[r][j][1])
-                  : "r"(af[r]), "r"(bf[j]));
-            }
-#endif
+        for (int j = 0; j < 4; ++j) {
+          asm volatile(
+              "mma.sync.aligned.m16n8k128.row.col.s32.b1.b1.s32.and.popc "
+              "{%0,%1,%2,%3}, {%4,%5}, {%6}, {%0,%1,%2,%3};\n"
+              : "+r"(iacc[2 * rr][j][0]), "+r"(iacc[2 * rr][j][1]), "+r"(iacc[2 * rr + 1][j][0]),
+                "+r"(iacc[2 * rr + 1][j][1])
+              : "r"(af[2 * rr]), "r"(af[2 * rr + 1]), "r"(bf[j]));
         }
-      }
-      // Tap epilogue: finish the integer dot products and weight them by s.
-#pragma unroll
-      for (int r = 0; r < 4; ++r) {
-        const int row = wm + r * 8 + grp;
-        const float s = sm.s[row];
-#if defined(BIMACO_MMA_AND)
-        const int xp = sm.xpop[row];
-#endif
-#pragma unroll
-        for (int j = 0; j < 4; ++j)
-#pragma unroll
-          for (int e = 0; e < 2; ++e) {
-#if defined(BIMACO_MMA_AND)
-            const int col = wn + j * 8 + 2 * tig + e;
-            const int xor_count = xp + sm.wpop[col] - 2 * iacc[r][j][e];
 #else
-            const int xor_count = iacc[r][j][e];
+      // m8n8k128: a0 = row groupID, b0 = column groupID; d0,d1 columns 2*tig + {0,1}.
+#pragma unroll
+      for (int r = 0; r < 4; ++r)
+#pragma unroll
+        for (int j = 0; j < 4; ++j) {
+          asm volatile(
+              "mma.sync.aligned.m8n8k128.row.col.s32.b1.b1.s32.xor.popc "
+              "{%0,%1}, {%2}, {%3}, {%0,%1};\n"
+              : "+r"(iacc[r][j][0]), "+r"(iacc[r][j][1])
+              : "r"(af[r]), "r"(bf[j]));
+        }
 #endif
-            const int dot = g.c - 2 * xor_count;
-            facc[r][j][e] = __fmaf_rn(s, static_cast<float>(dot), facc[r][j][e]);
-            iacc[r][j][e] = 0;
-          }
-      }
+    }
+    if (chunk != chunks - 1) continue;
+
+    // Tap epilogue: finish the integer dot products and weight them by s.
+#pragma unroll
+    for (int r = 0; r < 4; ++r) {
+      const int row = wm + r * 8 + grp;
+      const float s = sm.s[row];
+#if defined(BIMACO_MMA_AND)
+      const int xp = sm.xpop[row];
+#endif
+#pragma unroll
+      for (int j = 0; j < 4; ++j)
+#pragma unroll
+        for (int e = 0; e < 2; ++e) {
+#if defined(BIMACO_MMA_AND)
+          const int col = wn + j * 8 + 2 * tig + e;
+          const int xor_count = xp + sm.wpop[col] - 2 * iacc[r][j][e];
+#else
+          const int xor_count = iacc[r][j][e];
+#endif
+          const int dot = g.c - 2 * xor_count;
+          facc[r][j][e] = __fmaf_rn(s, static_cast<float>(dot), facc[r][j][e]);
+          iacc[r][j][e] = 0;
+        }
     }
   }
 

@@ -13,12 +13,8 @@ import pytest
 
 from bimaco_deploy.export.graph_builder import GraphBuilder
 from bimaco_deploy.export.layer_params import BinaryConvLayer, BinaryLinearLayer, SparseRows
-from bimaco_deploy.export.onnx_nodes import (
-    emit_core,
-    emit_unpack_small_ints,
-    pack_small_ints,
-    single_layer_model,
-)
+from bimaco_deploy.export.onnx_nodes import emit_core, single_layer_model
+from bimaco_deploy.export.smb_table import emit_unpack_bitstream, field_bits, pack_bitstream
 from bimaco_deploy.export.portable import has_custom_nodes, to_portable
 from bimaco_deploy.plugins import contract
 
@@ -220,27 +216,31 @@ def test_custom_node_follows_the_contract_for_tensorrt():
     onnx.checker.check_model(model, full_check=True)
 
 
-@pytest.mark.parametrize("bits", [8, 16])
-def test_small_int_packing_round_trips_through_onnx(bits):
+@pytest.mark.parametrize("bits,count", [(1, 1), (5, 37), (11, 1000), (16, 33), (31, 9)])
+def test_bitstream_packing_round_trips_through_onnx(bits, count):
     rng = np.random.default_rng(bits)
-    values = rng.integers(0, 1 << (bits - 1), 37)
-    words = pack_small_ints(values, bits)
+    values = rng.integers(0, 1 << bits, count)
+    values[0] = (1 << bits) - 1  # all ones straddling word boundaries
+    words = pack_bitstream(values, bits)
     assert words.dtype == np.int32 and words.min() >= 0
+    assert words.size <= count * bits // 31 + 2  # no padding beyond the stream
     gb = GraphBuilder()
-    out = emit_unpack_small_ints(gb, gb.initializer("w", words), values.size, bits, "u")
+    out = emit_unpack_bitstream(gb, gb.initializer("w", words), values.size, bits, "u")
     gb.op("Identity", [out], outputs=["Y"])
-    gb.add_output("Y", onnx.TensorProto.INT64, None)
+    gb.add_output("Y", onnx.TensorProto.INT64, [count])
     got = _session(gb.make_model("u")).run(None, {})[0]
     np.testing.assert_array_equal(got, values)
     with pytest.raises(ValueError):
-        pack_small_ints([1 << (bits - 1)], bits)
+        pack_bitstream([1 << bits], bits)
+    assert field_bits(1279) == 11 and field_bits(21) == 5 and field_bits(0) == 1
 
 
 def test_smb_stays_compact_never_dense():
     rng = np.random.default_rng(5)
     layer = _conv_layer(rng, 640, 640, 3, 1)
     model = single_layer_model(layer, portable=False)
-    smb_bytes = sum(len(t.raw_data) for t in model.graph.initializer if ".smb_" in t.name)
+    smb_bytes = sum(len(t.raw_data) for t in model.graph.initializer if t.name.startswith("smb_table."))
+    assert smb_bytes > 4 * layer.smb.nnz  # the values alone
     dense_bytes = 640 * 640 * 4
-    # values (4 B) + packed column (2 B) + packed counts per nonzero: far below a dense matrix
-    assert smb_bytes < 8 * layer.smb.nnz < dense_bytes / 50
+    # values (4 B) + 10-bit columns + 5-bit row counts: far below a dense matrix
+    assert smb_bytes < 6 * layer.smb.nnz < dense_bytes / 50

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 import pickle
 from pathlib import Path
 
@@ -15,42 +14,37 @@ from bimaco_deploy.errors import CheckpointError, ConfigError
 from bimaco_deploy.models.autoencoder import build_autoencoder, load_autoencoder
 from bimaco_deploy.models.config import load_vq_config
 
-REPO = Path(__file__).resolve().parents[2]
-FIXTURES = Path(os.environ.get("BIMACO_FIXTURES", REPO.parent / "shared" / "fixtures")) / "bimacosr-tiny"
 
-
-def _need(*names: str) -> Path:
-    for name in names:
-        if not (FIXTURES / name).is_file():
-            pytest.skip(f"fixture {FIXTURES / name} not found (set BIMACO_FIXTURES to the shared fixtures folder)")
-    return FIXTURES
+@pytest.fixture(scope="module")
+def fx(tiny_dir: Path) -> Path:
+    """The bimacosr-tiny fixture folder (tests/conftest.py skips when it is absent)."""
+    return tiny_dir
 
 
 @pytest.fixture(scope="module")
-def io():
-    return dict(np.load(_need("vqgan_io.npz") / "vqgan_io.npz"))
+def io(fx):
+    return dict(np.load(fx / "vqgan_io.npz"))
 
 
 @pytest.fixture(scope="module")
-def state():
-    return torch.load(_need("vqgan.pth") / "vqgan.pth", map_location="cpu", weights_only=True)
+def state(fx):
+    return torch.load(fx / "vqgan.pth", map_location="cpu", weights_only=True)
 
 
-def _model(dtype=torch.float32):
-    f = _need("vqgan.yaml", "vqgan.pth")
-    return load_autoencoder(f / "vqgan.yaml", f / "vqgan.pth").to(dtype)
+def _model(fx: Path, dtype: torch.dtype = torch.float32):
+    return load_autoencoder(fx / "vqgan.yaml", fx / "vqgan.pth").to(dtype)
 
 
-def test_module_names_mirror_the_checkpoint_keys(state):
-    model = build_autoencoder(load_vq_config(FIXTURES / "vqgan.yaml"))
+def test_module_names_mirror_the_checkpoint_keys(fx, state):
+    model = build_autoencoder(load_vq_config(fx / "vqgan.yaml"))
     ours = {k: tuple(v.shape) for k, v in model.state_dict().items()}
     theirs = {k: tuple(v.shape) for k, v in state.items()}
     assert ours == theirs
 
 
 @torch.no_grad()
-def test_float32_encode_quantize_decode_match_the_original(io):
-    model = _model()
+def test_float32_encode_quantize_decode_match_the_original(fx, io):
+    model = _model(fx)
     x = torch.from_numpy(io["image"])
     z = model.encode(x)
     np.testing.assert_allclose(z.numpy(), io["fp32_encode"], rtol=0, atol=1e-5)  # measured 1.2e-6
@@ -66,13 +60,13 @@ def test_float32_encode_quantize_decode_match_the_original(io):
 
 @pytest.mark.slow
 @torch.no_grad()
-def test_float16_matches_the_original_to_float16_rounding(io):
+def test_float16_matches_the_original_to_float16_rounding(fx, io):
     """CPU float16 kernels round differently between torch builds (the fixture: torch 2.15 on
     another CPU). Measured here: encode max 4.9e-4 = one float16 ulp in [0.5, 1); codebook
     indices identical; decode (fed the recorded fp16 latent) max 5.9e-3 / mean 6.4e-4 on
     outputs up to 2.3 (ulp 2e-3 there). For scale, the same decode in float32 is 1.4e-2 / 1.2e-3
     away from the float16 record: the residual is float16 rounding, not a maths difference."""
-    model = _model(torch.float16)
+    model = _model(fx, torch.float16)
     z = model.encode(torch.from_numpy(io["image"]).half()).float().numpy()
     np.testing.assert_allclose(z, io["fp16_encode"], rtol=0, atol=1e-3)
     zq, idx = model.quantize(torch.from_numpy(io["fp16_encode"]).half())
@@ -138,19 +132,18 @@ def test_encode_decode_shapes_follow_the_f4_factor():
 
 @pytest.mark.parametrize("wrap", [False, True])
 @pytest.mark.parametrize("prefix", [False, True])
-def test_loads_raw_or_wrapped_with_or_without_module_prefix(tmp_path, state, wrap, prefix):
+def test_loads_raw_or_wrapped_with_or_without_module_prefix(fx, tmp_path, state, wrap, prefix):
     sd = {("module." + k if prefix else k): v for k, v in state.items()}
     obj = {"state_dict": sd, "iters_start": 0} if wrap else sd
     path = tmp_path / "vq.pth"
     torch.save(obj, path)
-    model = load_autoencoder(FIXTURES / "vqgan.yaml", path)
+    model = load_autoencoder(fx / "vqgan.yaml", path)
     assert torch.equal(model.quantize.embedding.weight, state["quantize.embedding.weight"])
 
 
-def test_full_config_and_autoencoder_only_file_build_the_same_model():
-    f = _need("config.yaml", "vqgan.yaml", "vqgan.pth")
-    a = load_autoencoder(f / "config.yaml", f / "vqgan.pth").state_dict()
-    b = load_autoencoder(f / "vqgan.yaml", f / "vqgan.pth").state_dict()
+def test_full_config_and_autoencoder_only_file_build_the_same_model(fx):
+    a = load_autoencoder(fx / "config.yaml", fx / "vqgan.pth").state_dict()
+    b = load_autoencoder(fx / "vqgan.yaml", fx / "vqgan.pth").state_dict()
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
 
 
@@ -163,41 +156,41 @@ def _save(tmp_path, sd, name="bad.pth"):
     return path
 
 
-def test_missing_key_is_named_with_its_shape(tmp_path, state):
+def test_missing_key_is_named_with_its_shape(fx, tmp_path, state):
     sd = dict(state)
     del sd["decoder.conv_out.weight"]
     path = _save(tmp_path, sd)
     with pytest.raises(CheckpointError, match=r"decoder\.conv_out\.weight \(3, 32, 3, 3\)") as err:
-        load_autoencoder(FIXTURES / "vqgan.yaml", path)
+        load_autoencoder(fx / "vqgan.yaml", path)
     assert str(path) in str(err.value) and "missing" in str(err.value)
 
 
-def test_unexpected_key_is_named(tmp_path, state):
+def test_unexpected_key_is_named(fx, tmp_path, state):
     sd = dict(state)
     sd["encoder.extra.weight"] = torch.zeros(2)
     with pytest.raises(CheckpointError, match=r"encoder\.extra\.weight"):
-        load_autoencoder(FIXTURES / "vqgan.yaml", _save(tmp_path, sd))
+        load_autoencoder(fx / "vqgan.yaml", _save(tmp_path, sd))
 
 
-def test_wrong_shape_names_both_shapes(tmp_path, state):
+def test_wrong_shape_names_both_shapes(fx, tmp_path, state):
     sd = dict(state)
     sd["quantize.embedding.weight"] = torch.zeros(65, 3)
     with pytest.raises(CheckpointError, match=r"quantize\.embedding\.weight.*\(65, 3\).*\(64, 3\)"):
-        load_autoencoder(FIXTURES / "vqgan.yaml", _save(tmp_path, sd))
+        load_autoencoder(fx / "vqgan.yaml", _save(tmp_path, sd))
 
 
-def test_many_problems_are_listed_up_to_ten_then_counted(tmp_path, state):
+def test_many_problems_are_listed_up_to_ten_then_counted(fx, tmp_path, state):
     sd = {k: v for k, v in state.items() if not k.startswith("decoder.")}
     with pytest.raises(CheckpointError, match=r"and \d+ more"):
-        load_autoencoder(FIXTURES / "vqgan.yaml", _save(tmp_path, sd))
+        load_autoencoder(fx / "vqgan.yaml", _save(tmp_path, sd))
 
 
-def test_truncated_file_is_a_checkpoint_error_naming_the_file(tmp_path):
-    data = (_need("vqgan.yaml", "vqgan.pth") / "vqgan.pth").read_bytes()
+def test_truncated_file_is_a_checkpoint_error_naming_the_file(fx, tmp_path):
+    data = (fx / "vqgan.pth").read_bytes()
     path = tmp_path / "truncated.pth"
     path.write_bytes(data[: len(data) // 2])
     with pytest.raises(CheckpointError, match="truncated.pth"):
-        load_autoencoder(FIXTURES / "vqgan.yaml", path)
+        load_autoencoder(fx / "vqgan.yaml", path)
 
 
 class _NotATensor:
@@ -205,35 +198,35 @@ class _NotATensor:
         self.payload = [1, 2, 3]
 
 
-def test_pickle_of_a_non_tensor_object_is_refused(tmp_path):
+def test_pickle_of_a_non_tensor_object_is_refused(fx, tmp_path):
     path = tmp_path / "object.pth"
     with open(path, "wb") as f:
         pickle.dump({"encoder.conv_in.weight": _NotATensor()}, f, protocol=2)
     with pytest.raises(CheckpointError, match="object.pth"):
-        load_autoencoder(FIXTURES / "vqgan.yaml", path)
+        load_autoencoder(fx / "vqgan.yaml", path)
 
 
-def test_state_dict_with_non_tensor_values_is_refused(tmp_path):
+def test_state_dict_with_non_tensor_values_is_refused(fx, tmp_path):
     path = _save(tmp_path, {"encoder.conv_in.weight": "not a tensor"}, "strings.pth")
     with pytest.raises(CheckpointError, match="strings.pth"):
-        load_autoencoder(FIXTURES / "vqgan.yaml", path)
+        load_autoencoder(fx / "vqgan.yaml", path)
 
 
-def test_checkpoint_for_another_config_is_refused(tmp_path, state):
-    data = yaml.safe_load((FIXTURES / "vqgan.yaml").read_text())
+def test_checkpoint_for_another_config_is_refused(fx, tmp_path, state):
+    data = yaml.safe_load((fx / "vqgan.yaml").read_text())
     data["autoencoder"]["params"]["ddconfig"]["ch"] = 64
     cfg = tmp_path / "wide.yaml"
     cfg.write_text(yaml.safe_dump(data))
     with pytest.raises(CheckpointError, match=r"encoder\.conv_in\.weight.*\(32, 3, 3, 3\).*\(64, 3, 3, 3\)"):
-        load_autoencoder(cfg, FIXTURES / "vqgan.pth")
+        load_autoencoder(cfg, fx / "vqgan.pth")
 
 
-def test_config_without_autoencoder_or_with_bad_widths_is_a_config_error(tmp_path):
+def test_config_without_autoencoder_or_with_bad_widths_is_a_config_error(fx, tmp_path):
     bad = tmp_path / "none.yaml"
     bad.write_text("model: {}\n")
     with pytest.raises(ConfigError, match="autoencoder"):
         load_autoencoder(bad)
-    data = yaml.safe_load((_need("vqgan.yaml") / "vqgan.yaml").read_text())
+    data = yaml.safe_load((fx / "vqgan.yaml").read_text())
     data["autoencoder"]["params"]["ddconfig"]["ch"] = 24
     odd = tmp_path / "odd.yaml"
     odd.write_text(yaml.safe_dump(data))

@@ -155,6 +155,25 @@ def test_conv_zero_masks_resolve_every_count(isa, c):
     assert np.abs(y - ref).max() < 0.25 / c
 
 
+@pytest.mark.parametrize("c", [160, 190, 300, 470, 640, 760, 950, 1280])
+def test_conv_word_counts_with_specialised_kernels(isa, c):
+    """Channel counts whose word counts (5, 6, 10, 15, 20, 24, 30, 40) get compile-time kernels."""
+    rng = np.random.default_rng(c)
+    x = rng.standard_normal((1, c, 5, 7)).astype(np.float32)
+    pw = contract.pack_weight(rng.standard_normal((19, c, 3, 3)).astype(np.float32))
+    bias = rng.standard_normal(19).astype(np.float32)
+    ref = contract.binary_conv2d_reference(
+        x, pw.bits, pw.alpha, bias, in_channels=c, kernel_shape=(3, 3), strides=(1, 1), pads=(1, 1, 1, 1)
+    )
+    _close(_conv(x, pw.bits, pw.alpha, bias, 1, 1, c).numpy(), ref)
+    xs = np.where(x < 0, -1.0, 1.0).astype(np.float32)  # s = 1: exact integer sums
+    ones, zeros = np.ones(19, np.float32), np.zeros(19, np.float32)
+    ref_int = contract.binary_conv2d_reference(
+        xs, pw.bits, ones, zeros, in_channels=c, kernel_shape=(3, 3), strides=(1, 1), pads=(0, 0, 0, 0)
+    )
+    np.testing.assert_array_equal(_conv(xs, pw.bits, ones, zeros, 1, 0, c).numpy(), ref_int)
+
+
 def test_tail_bits_in_weights_do_not_count(isa):
     """Garbage in the unused bits of the last word must not change the result (contract)."""
     rng = np.random.default_rng(3)

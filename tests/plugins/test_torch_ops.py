@@ -150,3 +150,11 @@ def test_build_is_incremental_when_sources_are_unchanged():
     results = native.build()
     assert results[0].status == "up-to-date", results[0]
     assert native.library_path("cpu") is not None
+
+
+def test_native_library_is_loaded_wherever_a_compiler_exists():
+    """Guards the skips above: with a compiler (so `make build` built it), the native ops must load."""
+    if native.find_cxx() is None:
+        pytest.skip("no C++ compiler: the pure-torch fallback is the expected path here")
+    assert torch_ops.ops_available(), torch_ops.unavailable_reason()
+    assert torch_ops.cpu_isa() in torch_ops.cpu_available_isas()

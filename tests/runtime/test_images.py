@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import pytest
 import torch
@@ -90,3 +92,15 @@ def test_save_creates_the_folder_and_accepts_a_tensor(tmp_path):
     x = torch.rand(1, 3, 6, 5)
     path = save_png(tmp_path / "new" / "deep" / "x.png", x)
     np.testing.assert_array_equal(read_image_uint8(path), tensor_to_uint8(x))
+
+
+def test_committed_calibration_images_are_small_rgb_lr_images():
+    folder = Path(__file__).resolve().parents[2] / "calib" / "images"
+    files = sorted(folder.glob("*.png"))
+    assert len(files) >= 6, f"calib images missing in {folder} (python calib/make_calib.py)"
+    assert sum(f.stat().st_size for f in files) < 200_000
+    for f in files:
+        img = read_image_uint8(f)
+        h, w = (int(v) for v in f.stem.rsplit("_", 1)[1].split("x"))
+        assert img.shape == (h, w, 3), f.name
+        assert img.std() > 10, f"{f.name} looks blank"

@@ -116,7 +116,7 @@ def test_pack_unet_holds_only_packed_weights_and_leaves_the_input_model_intact(t
         assert "weight" not in names and not list(m.parameters())
         assert names["wbits"].dtype == torch.int32
         if m.smb is not None:  # compact: nnz entries, never a dense Cout x Cin matrix
-            assert m.smb.values.dim() == 1 and m.smb.rows.shape == m.smb.values.shape
+            assert m.smb.values.dim() == 1 and m.smb.col.shape == m.smb.values.shape
     # the reference model is untouched
     assert all(isinstance(m, (BinaryConv2d, BinaryLinear)) for _, m in iter_binary_layers(tiny))
     report = memory_report(packed, sum(p.numel() for p in tiny.parameters()))
@@ -132,3 +132,21 @@ def test_packed_unet_matches_original_on_a_case_without_fragile_flips(tiny):
         y = packed(torch.from_numpy(io["case1_x"]), torch.from_numpy(io["case1_timesteps"]),
                    torch.from_numpy(io["case1_lq"]))
     np.testing.assert_allclose(y.numpy(), io["case1_out"], rtol=0, atol=1e-5)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16])
+def test_sparse_branch_matches_reference_in_both_layouts(tiny, dtype):
+    """SMB via CSR matmul (float32) or gather/scatter (other dtypes) equals the reference branch."""
+    from bimaco_deploy.runtime.packed_torch import _SparseBranch
+
+    for name, m in iter_binary_layers(tiny):
+        if not m.has_smb or (isinstance(m, BinaryConv2d) and m.uses_avgpool_shortcut):
+            continue
+        conv = isinstance(m, BinaryConv2d)
+        shape = (2, m.in_channels, 5, 3) if conv else (3, 4, m.in_features)
+        x = torch.randn(shape)
+        dim = 1 if conv else -1
+        ref = m.skip_connection(x, channel_dim=dim)
+        got = _SparseBranch(m.skip_connection, channel_dim=dim)(x.to(dtype)).float()
+        tol = 1e-5 if dtype == torch.float32 else 2e-2
+        torch.testing.assert_close(got, ref, rtol=tol, atol=tol * float(ref.abs().max()), msg=name)

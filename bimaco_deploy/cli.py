@@ -28,7 +28,7 @@ def _fail(err: BaseException) -> "typer.Exit":
 
 @app.command()
 def build(
-    artifacts: Path = typer.Argument(..., help="Directory written by `bimaco-deploy export` (holds unet.onnx)."),
+    artifacts: Path = typer.Option(..., "--artifacts", "-a", help="Directory written by `bimaco-deploy export` (holds unet.onnx)."),
     out: Path = typer.Option(Path("unet.plan"), "--out", "-o", help="Engine file to write."),
     fp16: bool = typer.Option(False, "--fp16", help="fp16 engine (TensorRT 11: needs an fp16 export)."),
     min_hw: str = typer.Option("64", "--min", help="Smallest UNet input H or HxW (padded LR size)."),
@@ -36,7 +36,7 @@ def build(
     max_hw: str = typer.Option("256", "--max", help="Largest H or HxW."),
     batch: str = typer.Option("1", "--batch", help="N, MIN:MAX or MIN:OPT:MAX."),
     timing_cache: Optional[Path] = typer.Option(None, "--timing-cache", help="Timing cache to load and update."),
-    plugin_lib: Optional[Path] = typer.Option(None, "--plugin-lib", help="libbimaco_trt_plugin.so to load."),
+    plugin_lib: Optional[Path] = typer.Option(None, "--plugin", "--plugin-lib", help="libbimaco_trt_plugin.so to load."),
 ) -> None:
     """Build a TensorRT engine from an exported unet.onnx with the bimaco plugin."""
     import json
@@ -72,24 +72,31 @@ def infer(
     inputs: Path = typer.Argument(..., help="An LR image file, or a folder of them."),
     output: Path = typer.Argument(..., help="A .png file (for one input) or a folder."),
     config: str = typer.Option("bimacosr", "--config", "-c", help="Config YAML or built-in name."),
-    unet_ckpt: Optional[Path] = typer.Option(None, "--unet", help="UNet checkpoint (.pth); none: random weights."),
-    vq_ckpt: Optional[Path] = typer.Option(None, "--vq", help="VQ autoencoder checkpoint (.pth); none: random weights."),
-    seed: int = typer.Option(0, "--seed", help="Noise seed (each tile derives its own stream)."),
+    ckpt: Optional[Path] = typer.Option(None, "--ckpt", help="UNet checkpoint (.pth); none: seeded random weights."),
+    vq_ckpt: Optional[Path] = typer.Option(None, "--vq-ckpt", help="VQ autoencoder checkpoint (.pth); none: random weights."),
+    backend: str = typer.Option("torch-ref", "--backend", "-b", help="torch-ref | torch | onnxruntime | tensorrt."),
+    artifacts: Optional[Path] = typer.Option(None, "--artifacts", help="Export directory (onnxruntime backend)."),
+    engine: Optional[Path] = typer.Option(None, "--engine", help="TensorRT engine (tensorrt backend)."),
+    plugin: Optional[Path] = typer.Option(None, "--plugin", help="libbimaco_trt_plugin.so (tensorrt backend)."),
+    device: str = typer.Option("cpu", "--device", help="cpu | cuda."),
+    seed: int = typer.Option(0, "--seed", help="Noise seed (each tile derives its own stream); also the random-init seed."),
     tile: int = typer.Option(256, "--tile", help="LR tile size for large images (the original: 256 or 512)."),
     vq_dtype: str = typer.Option("config", "--vq-dtype", help="config | float16 | float32 (float16 is slow on CPU)."),
 ) -> None:
-    """Super-resolve images with the PyTorch reference pipeline."""
+    """Super-resolve an image or a folder of images (PNG outputs, written atomically)."""
     import torch
 
+    from .runtime.backends import BackendSpec, make_pipeline, resolve_config
     from .runtime.infer import check_inputs, infer as run_infer
-    from .runtime.pipeline import reference_pipeline
 
     dtypes = {"config": None, "float16": torch.float16, "float32": torch.float32}
-    if vq_dtype not in dtypes:
-        raise _fail(ValueError(f"--vq-dtype must be one of {', '.join(dtypes)}, got {vq_dtype!r}"))
     try:
+        if vq_dtype not in dtypes:
+            raise BimacoError(f"--vq-dtype must be one of {', '.join(dtypes)}, got {vq_dtype!r}")
         check_inputs(inputs, output)  # fail on bad inputs before spending time loading models
-        pipe = reference_pipeline(config, unet_ckpt, vq_ckpt, seed=seed, vq_dtype=dtypes[vq_dtype])
+        spec = BackendSpec(backend, resolve_config(config), ckpt=ckpt, seed=seed, artifacts=artifacts,
+                           engine=engine, plugin_lib=plugin, device=device)
+        pipe = make_pipeline(spec, vq_ckpt, vq_dtype=dtypes[vq_dtype])
         report = run_infer(pipe, inputs, output, seed=seed, tile=tile)
     except BimacoError as err:
         raise _fail(err)
@@ -102,11 +109,12 @@ def infer(
 
 @app.command()
 def export(
-    out_dir: Path = typer.Argument(..., help="Artifact directory to write (unet.onnx, unet_portable.onnx, VQ graphs, report)."),
+    out_dir: Path = typer.Option(..., "--out", "-o", help="Artifact directory to write (unet.onnx, unet_portable.onnx, VQ graphs, report)."),
     config: str = typer.Option("bimacosr", "--config", "-c", help="Config YAML or built-in name."),
-    unet_ckpt: Optional[Path] = typer.Option(None, "--unet", help="UNet checkpoint (.pth); none: seeded random weights."),
-    vq_ckpt: Optional[Path] = typer.Option(None, "--vq", help="VQ autoencoder checkpoint; VQ graphs are written with it (or under random init)."),
-    seed: int = typer.Option(0, "--seed", help="Seed of the random init (no --unet)."),
+    unet_ckpt: Optional[Path] = typer.Option(None, "--ckpt", help="UNet checkpoint (.pth)."),
+    random_init: bool = typer.Option(False, "--random-init", help="No checkpoint: seeded random weights (sizes, speed)."),
+    vq_ckpt: Optional[Path] = typer.Option(None, "--vq-ckpt", help="VQ autoencoder checkpoint; VQ graphs are written with it (or under --random-init)."),
+    seed: int = typer.Option(0, "--seed", help="Seed of the random init."),
     dtype: str = typer.Option("fp32", "--dtype", help="fp32 | fp16 (full-precision weights and activations)."),
     opset: int = typer.Option(17, "--opset", help="ONNX opset (17)."),
     force: bool = typer.Option(False, "--force", help="Replace an existing output directory."),
@@ -116,6 +124,8 @@ def export(
     from .export.exporter import export as run_export
 
     try:
+        if (unet_ckpt is None) == (not random_init):
+            raise BimacoError("give exactly one of --ckpt FILE or --random-init")
         run_export(config, unet_ckpt, out_dir, seed=seed, vq_ckpt=vq_ckpt, dtype=dtype, opset=opset, force=force,
                    with_vq=False if no_vq else None)
     except BimacoError as err:
@@ -124,12 +134,12 @@ def export(
 
 @app.command()
 def check(
-    artifacts: Path = typer.Argument(..., help="Directory written by `bimaco-deploy export`."),
+    artifacts: Path = typer.Option(..., "--artifacts", "-a", help="Directory written by `bimaco-deploy export`."),
     config: str = typer.Option("bimacosr", "--config", "-c", help="Config YAML or built-in name (as exported)."),
-    unet_ckpt: Optional[Path] = typer.Option(None, "--unet", help="UNet checkpoint; none: the same seeded random init."),
-    vq_ckpt: Optional[Path] = typer.Option(None, "--vq", help="VQ checkpoint for level 3; none: random weights."),
+    unet_ckpt: Optional[Path] = typer.Option(None, "--ckpt", help="UNet checkpoint; none: the same seeded random init."),
+    vq_ckpt: Optional[Path] = typer.Option(None, "--vq-ckpt", help="VQ checkpoint for level 3; none: random weights."),
     backend: str = typer.Option("onnxruntime", "--backend", "-b", help="Backend to check."),
-    images: Optional[List[Path]] = typer.Option(None, "--image", help="LR image for level 3 (repeatable; default calib/images)."),
+    images: Optional[List[Path]] = typer.Option(None, "--images", help="LR image or folder for level 3 (repeatable; default calib/images)."),
     levels: str = typer.Option("1,2,3", "--levels", help="Comma-separated levels to run."),
     seed: int = typer.Option(0, "--seed", help="Seed of the random init and of the noise."),
     device: str = typer.Option("cpu", "--device", help="cpu | cuda | auto."),
@@ -182,6 +192,50 @@ def inspect(
     except BimacoError as err:
         raise _fail(err)
     typer.echo(f"wrote {json_path}")
+
+
+def _parse_hw(text: str) -> "tuple":
+    parts = text.lower().split("x")
+    try:
+        hw = (int(parts[0]), int(parts[-1]))
+    except ValueError:
+        raise BimacoError(f"size must be H or HxW, got {text!r}")
+    return hw
+
+
+@app.command()
+def bench(
+    backend: str = typer.Option("torch", "--backend", "-b", help="torch | torch-ref | onnxruntime | tensorrt."),
+    config: str = typer.Option("bimacosr", "--config", "-c", help="Config YAML or built-in name."),
+    ckpt: Optional[Path] = typer.Option(None, "--ckpt", help="UNet checkpoint; none: seeded random weights."),
+    artifacts: Optional[Path] = typer.Option(None, "--artifacts", help="Export directory (onnxruntime backend)."),
+    engine: Optional[Path] = typer.Option(None, "--engine", help="TensorRT engine (tensorrt backend)."),
+    plugin: Optional[Path] = typer.Option(None, "--plugin", help="libbimaco_trt_plugin.so (tensorrt backend)."),
+    size: str = typer.Option("64x64", "--size", help="Latent H or HxW (= padded LR size)."),
+    batch: int = typer.Option(1, "--batch"),
+    warmup: int = typer.Option(3, "--warmup"),
+    repeats: int = typer.Option(10, "--repeats"),
+    threads: Optional[int] = typer.Option(None, "--threads", help="torch CPU threads (default: torch's)."),
+    device: str = typer.Option("cpu", "--device", help="cpu | cuda."),
+    no_baseline: bool = typer.Option(False, "--no-baseline", help="Skip the float baseline."),
+    json_path: Optional[Path] = typer.Option(None, "--json", help="Write the report as JSON here."),
+) -> None:
+    """UNet latency of a backend beside the float model of the same family, same run."""
+    from .reports import write_json_atomic
+    from .runtime.backends import BackendSpec, resolve_config
+    from .runtime.bench import bench_markdown, bench_unet
+
+    try:
+        spec = BackendSpec(backend, resolve_config(config), ckpt=ckpt, artifacts=artifacts, engine=engine,
+                           plugin_lib=plugin, device=device)
+        report = bench_unet(spec, size=_parse_hw(size), batch=batch, warmup=warmup, repeats=repeats,
+                            threads=threads, baseline=not no_baseline,
+                            progress=lambda msg: typer.echo(msg, err=True))
+    except BimacoError as err:
+        raise _fail(err)
+    typer.echo(bench_markdown(report))
+    if json_path is not None:
+        write_json_atomic(json_path, report)
 
 
 # <commands>

@@ -31,3 +31,8 @@ def tiny_unet(tiny_dir: Path):
     from bimaco_deploy.models import load_unet
 
     return load_unet(tiny_dir / "config.yaml", tiny_dir / "bimacosr_tiny.pth")
+
+
+def need(name: str) -> Path:
+    """A file of the bimacosr-tiny fixture, or skip the test with the reason."""
+    return require(TINY / name)

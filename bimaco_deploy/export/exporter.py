@@ -211,5 +211,5 @@ def export(
         raise
     final = {name: out_dir / name for name in files}
     if print_report:
-        render_report(report, console)
+        render_report(report, None if console.stderr else console)  # the table goes to stdout
     return ExportResult(out_dir=out_dir, files=final, report=report)

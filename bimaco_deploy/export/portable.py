@@ -4,10 +4,11 @@ The portable graph is the custom-node graph with every ``BinaryConv2d`` /
 ``BinaryLinear`` node replaced by standard ONNX (opset 17) ops that read the
 SAME int32 initializers (sign bits, optional zero mask) plus alpha and bias:
 
-* bits -> signs: opset 17 has no bitwise ops, so a word is widened to int64,
-  made unsigned (+2^32 when negative), and bit i is ``(u // 2^i) mod 2``;
-  set bit -> -1, clear -> +1, masked zero -> 0. All inputs are initializers,
-  so ONNX Runtime folds this once at session start.
+* bits -> weights: opset 17 has no bitwise ops, so bit i < 31 of a word is
+  ``(low31 // 2^i) mod 2`` in int32 (low31 = the word with bit 31 cleared by
+  adding 2^31 to negative words) and bit 31 is the word's sign; a set bit gives
+  -alpha, a clear one +alpha, a masked zero 0 (Where on bool masks). All inputs
+  are initializers, so ONNX Runtime folds this once at session start.
 * activations: ``s = ReduceMean(|X|)`` over channels (conv: per pixel; linear:
   per row), ``xb = Sign(X) * s`` (Sign(0) = 0, as the contract says);
 * ``Conv(xb, alpha * signs, bias)`` with the node's strides and pads: zero
@@ -35,35 +36,44 @@ def _attrs(node: onnx.NodeProto) -> Dict[str, object]:
     return {a.name: helper.get_attribute_value(a) for a in node.attribute}
 
 
-def unpack_signs(gb: GraphBuilder, bits: str, channels: int, zero: Optional[str], name: str, lead_dims: int) -> str:
-    """Emit ops turning int32 sign words [..., words] into float32 signs [..., channels].
+def unpack_bits_bool(gb: GraphBuilder, words: str, channels: int, name: str, lead_dims: int) -> str:
+    """Emit ops turning int32 words [..., words] into a bool mask [..., channels] (bit set = True).
 
+    Works in int32 and bool to keep the load-time folding light (the published
+    model has 118 M weights: int64 or float bit planes would cost gigabytes):
+    bits 0..30 come from the low 31 bits (a negative word gets 2^31 added, in
+    two steps that stay inside int32), bit 31 is the word's sign.
     ``lead_dims`` is the number of axes before the word axis (3 for a conv's
     [O, KH, KW, words], 1 for a linear's [O, words]).
     """
-    w64 = gb.op("Cast", [bits], to=TensorProto.INT64, name=f"{name}/bits_i64")
-    neg_word = gb.op("Less", [w64, gb.i64(0)], name=f"{name}/word_neg")
-    unsigned = gb.op("Where", [neg_word, gb.op("Add", [w64, gb.i64(1 << 32)], name=f"{name}/wrap"), w64], name=f"{name}/unsigned")
+    neg_word = gb.op("Less", [words, gb.const(np.int32(0))], name=f"{name}/word_neg")
+    half = gb.const(np.int32(1 << 30))
+    low31 = gb.op("Where", [neg_word, gb.op("Add", [gb.op("Add", [words, half], name=f"{name}/wrap1"), half],
+                                            name=f"{name}/wrap2"), words], name=f"{name}/low31")
+    expanded = gb.op("Unsqueeze", [low31, gb.i64([-1])], name=f"{name}/unsq")
+    shifted = gb.op("Div", [expanded, gb.const(np.array([1 << i for i in range(31)], np.int32))], name=f"{name}/shift")
+    planes = gb.op("Cast", [gb.op("Mod", [shifted, gb.const(np.int32(2))], name=f"{name}/bit")], to=TensorProto.BOOL,
+                   name=f"{name}/bit_bool")
+    top = gb.op("Unsqueeze", [neg_word, gb.i64([-1])], name=f"{name}/bit31")
+    bits = gb.op("Concat", [planes, top], axis=-1, name=f"{name}/bits")
+    # [..., words, 32] -> [..., words*32] (bit i of word j = channel 32j+i), then drop tail bits
+    merged = gb.reshape(bits, [0] * lead_dims + [-1], name=f"{name}/merge")
+    if channels % contract.WORD_BITS == 0:
+        return merged
+    return gb.op("Slice", [merged, gb.i64([0]), gb.i64([channels]), gb.i64([-1])], name=f"{name}/tail")
 
-    def bit_planes(words: str, tag: str) -> str:
-        expanded = gb.op("Unsqueeze", [words, gb.i64([-1])], name=f"{name}/{tag}_unsq")
-        shifted = gb.op("Div", [expanded, gb.i64([1 << i for i in range(contract.WORD_BITS)])], name=f"{name}/{tag}_shift")
-        bit = gb.op("Mod", [shifted, gb.i64(2)], name=f"{name}/{tag}_bit")
-        # [..., words, 32] -> [..., words*32] (bit i of word j = channel 32j+i), then drop tail bits
-        merged = gb.reshape(bit, [0] * lead_dims + [-1], name=f"{name}/{tag}_merge")
-        sliced = gb.op("Slice", [merged, gb.i64([0]), gb.i64([channels]), gb.i64([-1])], name=f"{name}/{tag}_slice")
-        return gb.op("Cast", [sliced], to=TensorProto.FLOAT, name=f"{name}/{tag}_f32")
 
-    neg = bit_planes(unsigned, "sign")
-    signs = gb.op("Sub", [gb.const(np.float32(1.0)), gb.op("Mul", [neg, gb.const(np.float32(2.0))], name=f"{name}/neg2")], name=f"{name}/signs")
+def signed_alpha(
+    gb: GraphBuilder, bits: str, alpha: str, channels: int, zero: Optional[str], name: str, lead_dims: int
+) -> str:
+    """float32 weights alpha[o] * sgn(W) [..., channels] (channel axis last) from the packed inputs."""
+    neg = unpack_bits_bool(gb, bits, channels, f"{name}/sign", lead_dims)
+    a = gb.reshape(alpha, [-1] + [1] * lead_dims, name=f"{name}/alpha_b")
+    w = gb.op("Where", [neg, gb.op("Neg", [a], name=f"{name}/minus_alpha"), a], name=f"{name}/signed_alpha")
     if zero is not None:
-        z64 = gb.op("Cast", [zero], to=TensorProto.INT64, name=f"{name}/zero_i64")
-        zneg = gb.op("Less", [z64, gb.i64(0)], name=f"{name}/zero_word_neg")
-        zu = gb.op("Where", [zneg, gb.op("Add", [z64, gb.i64(1 << 32)], name=f"{name}/zwrap"), z64], name=f"{name}/zero_unsigned")
-        is_zero = bit_planes(zu, "zero")
-        keep = gb.op("Sub", [gb.const(np.float32(1.0)), is_zero], name=f"{name}/nonzero")
-        signs = gb.op("Mul", [signs, keep], name=f"{name}/signs_masked")
-    return signs
+        is_zero = unpack_bits_bool(gb, zero, channels, f"{name}/zero", lead_dims)
+        w = gb.op("Where", [is_zero, gb.const(np.float32(0.0)), w], name=f"{name}/zeroed")
+    return w
 
 
 def _scale_and_sign(gb: GraphBuilder, x: str, axis: int, name: str) -> str:
@@ -84,10 +94,8 @@ def expand_binary_conv2d(
     pads = [int(p) for p in attrs.get("pads", (0, 0, 0, 0))]  # type: ignore[union-attr]
     xf = gb.op("Cast", [x], to=TensorProto.FLOAT, name=f"{name}/x_f32") if x_is_fp16 else x
     xb = _scale_and_sign(gb, xf, 1, name)
-    signs = unpack_signs(gb, bits, c, zero, name, lead_dims=3)  # [O, KH, KW, C]
-    w = gb.op("Transpose", [signs], perm=[0, 3, 1, 2], name=f"{name}/w_oihw")
-    alpha4 = gb.reshape(alpha, [-1, 1, 1, 1], name=f"{name}/alpha4")
-    w = gb.op("Mul", [w, alpha4], name=f"{name}/w_scaled")
+    w = signed_alpha(gb, bits, alpha, c, zero, name, lead_dims=3)  # [O, KH, KW, C]
+    w = gb.op("Transpose", [w], perm=[0, 3, 1, 2], name=f"{name}/w_oihw")
     conv_out = output if not x_is_fp16 else gb.fresh(f"{name}/y_f32")
     gb.op("Conv", [xb, w, bias], outputs=[conv_out], kernel_shape=kernel, strides=strides, pads=pads, name=f"{name}/conv")
     if x_is_fp16:
@@ -103,8 +111,7 @@ def expand_binary_linear(
     k = int(attrs["in_features"])  # type: ignore[arg-type]
     xf = gb.op("Cast", [x], to=TensorProto.FLOAT, name=f"{name}/x_f32") if x_is_fp16 else x
     xb = _scale_and_sign(gb, xf, -1, name)
-    signs = unpack_signs(gb, bits, k, zero, name, lead_dims=1)  # [O, K]
-    w = gb.op("Mul", [signs, gb.reshape(alpha, [-1, 1], name=f"{name}/alpha2")], name=f"{name}/w_scaled")
+    w = signed_alpha(gb, bits, alpha, k, zero, name, lead_dims=1)  # [O, K]
     wt = gb.op("Transpose", [w], perm=[1, 0], name=f"{name}/w_t")
     mm = gb.op("MatMul", [xb, wt], name=f"{name}/matmul")
     lin_out = output if not x_is_fp16 else gb.fresh(f"{name}/y_f32")
@@ -167,4 +174,4 @@ def has_custom_nodes(model: onnx.ModelProto) -> bool:
     return any(n.domain == contract.DOMAIN for n in model.graph.node)
 
 
-__all__ = ["to_portable", "expand_node", "unpack_signs", "has_custom_nodes"]
+__all__ = ["to_portable", "expand_node", "signed_alpha", "unpack_bits_bool", "has_custom_nodes"]

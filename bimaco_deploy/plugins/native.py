@@ -193,7 +193,16 @@ def _cxx_kernel_flags() -> List[str]:
 
 
 def _cxx_torch_flags(tp: Dict[str, object]) -> List[str]:
-    flags = ["-std=c++20", "-O2", "-fPIC", f"-D_GLIBCXX_USE_CXX11_ABI={tp['abi']}", f"-I{SRC_DIR / 'include'}"]
+    # -fopenmp: at::parallel_for is an inline template whose `#pragma omp parallel` compiles
+    # to a serial loop without it (torch's OpenMP backend), silently leaving cores idle
+    flags = [
+        "-std=c++20",
+        "-O2",
+        "-fPIC",
+        "-fopenmp",
+        f"-D_GLIBCXX_USE_CXX11_ABI={tp['abi']}",
+        f"-I{SRC_DIR / 'include'}",
+    ]
     flags += [f"-I{p}" for p in tp["include"]]  # type: ignore[union-attr]
     return flags
 
@@ -211,7 +220,7 @@ def build_cpu(force: bool = False, jobs: Optional[int] = None) -> BuildResult:
         )
     tp = _torch_paths()
     kflags, tflags = _cxx_kernel_flags(), _cxx_torch_flags(tp)
-    link = [cxx, "-shared", "-fPIC"]
+    link = [cxx, "-shared", "-fPIC", "-fopenmp"]
     libs = [f"-L{tp['lib']}", "-lc10", "-ltorch_cpu", "-ltorch", f"-Wl,-rpath,{tp['lib']}"]
     sources = cpu_kernel_sources() + cpu_binding_sources()
     fp = _fingerprint(

@@ -11,7 +11,10 @@
 //      form popc(valid) - 2*popc((x ^ w) & valid) when zeros exist;
 //   3. y = bias + alpha * acc.
 // The instruction set is picked at run time (AVX-512 VPOPCNTDQ, AVX2, x86 POPCNT,
-// NEON, portable scalar); BIMACO_CPU_ISA forces one.
+// NEON, portable scalar). Environment: BIMACO_CPU_ISA forces an ISA ("avx2", ...);
+// BIMACO_NUM_THREADS sets default_parallel_for's workers (the torch binding follows
+// torch.set_num_threads instead); BIMACO_CPU_WBLOCK (bytes, default 8192) tunes how many
+// output channels' weights one work item keeps hot in L1.
 #pragma once
 
 #include <cstdint>

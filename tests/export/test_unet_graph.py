@@ -7,22 +7,13 @@ first flip must sit at a fragile position, and flips are counted, never hidden.
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 import numpy as np
 import onnx
 import pytest
 
-REPO = Path(__file__).resolve().parents[2]
-FIXTURES = Path(os.environ.get("BIMACO_FIXTURES", REPO.parent / "shared" / "fixtures")) / "bimacosr-tiny"
-
-
-def _need(name: str) -> Path:
-    p = FIXTURES / name
-    if not p.is_file():
-        pytest.skip(f"fixture {p} not found (set BIMACO_FIXTURES to the shared fixtures folder)")
-    return p
+from conftest import need as _need
 
 
 @pytest.fixture(scope="module")

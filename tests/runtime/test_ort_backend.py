@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 import numpy as np
@@ -11,15 +10,7 @@ import torch
 
 from bimaco_deploy.errors import ArtifactError, BackendUnavailable, InputError
 
-REPO = Path(__file__).resolve().parents[2]
-FIXTURES = Path(os.environ.get("BIMACO_FIXTURES", REPO.parent / "shared" / "fixtures")) / "bimacosr-tiny"
-
-
-def _need(name: str) -> Path:
-    p = FIXTURES / name
-    if not p.is_file():
-        pytest.skip(f"fixture {p} not found (set BIMACO_FIXTURES to the shared fixtures folder)")
-    return p
+from conftest import need as _need
 
 
 @pytest.fixture(scope="module")

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 import shutil
 from pathlib import Path
 
@@ -12,15 +11,7 @@ import pytest
 
 from bimaco_deploy.errors import BackendUnavailable
 
-REPO = Path(__file__).resolve().parents[2]
-FIXTURES = Path(os.environ.get("BIMACO_FIXTURES", REPO.parent / "shared" / "fixtures")) / "bimacosr-tiny"
-
-
-def _need(name: str) -> Path:
-    p = FIXTURES / name
-    if not p.is_file():
-        pytest.skip(f"fixture {p} not found (set BIMACO_FIXTURES to the shared fixtures folder)")
-    return p
+from conftest import need as _need
 
 
 @pytest.fixture(scope="module")
@@ -122,7 +113,7 @@ def test_cli_check_exit_code(broken, tmp_path):
 
     from bimaco_deploy.cli import app
 
-    res = CliRunner().invoke(app, ["check", str(broken), "--config", str(_need("config.yaml")), "--unet",
+    res = CliRunner().invoke(app, ["check", "--artifacts", str(broken), "--config", str(_need("config.yaml")), "--ckpt",
                                    str(_need("bimacosr_tiny.pth")), "--levels", "1", "--json", str(tmp_path / "r.json"),
                                    "--layer", "input_blocks.4.0.in_layers.2", "--layer", "time_embed.0"])
     assert res.exit_code == 1, res.output
@@ -134,6 +125,6 @@ def test_cli_export_refuses_existing_dir(artifacts):
 
     from bimaco_deploy.cli import app
 
-    res = CliRunner().invoke(app, ["export", str(artifacts), "--config", str(_need("config.yaml")), "--unet",
+    res = CliRunner().invoke(app, ["export", "--out", str(artifacts), "--config", str(_need("config.yaml")), "--ckpt",
                                    str(_need("bimacosr_tiny.pth"))])
     assert res.exit_code == 2 and "already exists" in res.output

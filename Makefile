@@ -6,7 +6,7 @@ PIP := $(PYTHON) -m pip
 TORCH_SPEC ?= torch==2.13.0
 STAMP := build/.installed
 
-.PHONY: install build test test-all demo bench clean
+.PHONY: install build test demo bench clean
 
 install: $(STAMP)
 
@@ -21,14 +21,13 @@ build: install
 test: build
 	$(PYTHON) -m pytest -q
 
-test-all: build
-	$(PYTHON) -m pytest -q -m "slow or not slow"
-
 demo: build
 	$(PYTHON) -m bimaco_deploy.demo
 
+# Published-model benchmarks on this machine (a few minutes); see BENCHMARKS.md.
 bench: build
-	$(PYTHON) benchmarks/run_all.py
+	$(PYTHON) benchmarks/bench_layers.py --repeats 15 --threads 2
+	$(PYTHON) -m bimaco_deploy.cli bench --backend torch --config bimacosr --repeats 7 --threads 2
 
 clean:
 	rm -rf build .pytest_cache

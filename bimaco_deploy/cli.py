@@ -15,7 +15,11 @@ import typer
 
 from .errors import BimacoError
 
-app = typer.Typer(add_completion=False, no_args_is_help=True, help=__doc__.splitlines()[0])
+app = typer.Typer(
+    add_completion=False,
+    no_args_is_help=True,
+    help="Deploy binarized BiMaCoSR super-resolution models: inspect, export, check, infer, bench, build, doctor.",
+)
 
 
 def _fail(err: BaseException) -> "typer.Exit":

@@ -334,6 +334,7 @@ def level3_pipeline(cfg: Any, model: Any, backend: ParityBackend, images: Sequen
     import torch
 
     from ..models import load_autoencoder
+    from .images import read_image
     from .pipeline import OneStepSR
 
     if cfg.autoencoder is None:
@@ -353,7 +354,7 @@ def level3_pipeline(cfg: Any, model: Any, backend: ParityBackend, images: Sequen
     bk_pipe = OneStepSR(backend_unet, vq, cfg, vq_dtype=torch.float32)
     rows = []
     for path in images:
-        lr = _read_image(path)
+        lr = read_image(path)
         z_shape = None
         with torch.no_grad(), capture_layers(model, "input") as cap:
             ref = ref_pipe.stages(lr, generator=torch.Generator().manual_seed(seed))
@@ -370,17 +371,6 @@ def level3_pipeline(cfg: Any, model: Any, backend: ParityBackend, images: Sequen
                      "passed": bool((th.min_psnr_db is None or p >= th.min_psnr_db)
                                     and (cls["first_flip"] is None or cls["first_flip"]["fragile"]))})
     return {"images": rows, "passed": all(r["passed"] for r in rows), "vq": "random init" if vq_ckpt is None else str(vq_ckpt)}
-
-
-def _read_image(path: Path):
-    import torch
-    from PIL import Image
-
-    try:
-        img = np.asarray(Image.open(path).convert("RGB"), dtype=np.uint8)
-    except Exception as e:
-        raise InputError(f"{path}: cannot read as an image: {e}") from e
-    return torch.from_numpy(img.astype(np.float32) / 255.0).permute(2, 0, 1)[None].contiguous()
 
 
 # --------------------------------------------------------------------------- entry point

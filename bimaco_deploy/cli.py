@@ -179,8 +179,6 @@ def inspect(
     json_path: Path = typer.Option(Path("inspect.json"), "--json", help="Where to write the JSON report."),
 ) -> None:
     """Binary layers, parameters per branch, ideal deployed size and compression vs the float model."""
-    import json
-
     from rich.console import Console
 
     from .models import load_config, load_unet

@@ -19,7 +19,6 @@ from dataclasses import asdict, dataclass, field
 from typing import Dict, List, Optional
 
 import torch
-from torch import nn
 
 from ..plugins.contract import num_words
 from .binary_layers import BinaryConv2d, BinaryLinear

@@ -7,7 +7,6 @@ first flip must sit at a fragile position, and flips are counted, never hidden.
 
 from __future__ import annotations
 
-from pathlib import Path
 
 import numpy as np
 import onnx

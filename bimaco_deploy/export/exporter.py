@@ -114,6 +114,7 @@ def export(
     when ``vq_ckpt`` is given or under random init; False never does.
     """
     from ..models import load_autoencoder, load_config, load_unet
+    from ..models.inventory import float_param_count
     from ..models.checkpoint import read_state_dict
 
     if dtype not in DTYPES:
@@ -189,7 +190,7 @@ def export(
                 inputs={"config": Path(cfg.source), "unet_checkpoint": Path(ckpt) if ckpt else None,
                         "vq_checkpoint": Path(vq_ckpt) if vq_ckpt else None},
                 layers=graph.layers,
-                float_twin_params=graph.float_twin_params,
+                float_twin_params=float_param_count(cfg),
                 files=files,
                 models=models,
                 dead_keys=graph.dead_keys,

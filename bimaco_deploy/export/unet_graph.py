@@ -54,7 +54,6 @@ class UNetGraph:
 
     model: onnx.ModelProto
     layers: List[BinaryLayerRecord]
-    float_twin_params: int
     dead_keys: List[str]
     full_precision_params: int
     extra: Dict[str, object] = field(default_factory=dict)
@@ -83,21 +82,18 @@ class _UNetWriter:
         self.portable = portable
         self.expose = expose_binary_inputs
         self.records: List[BinaryLayerRecord] = []
-        self.float_twin = 0  # parameters of the full-precision twin model
         self.fp_params = 0  # full-precision parameters kept as such (GN, first/last conv, tables)
         self._emb_silu: Optional[str] = None
 
     # ------------------------------------------------------------------ small pieces
     def _bconv(self, prefix: str, x: str, cin: int, cout: int, k: int, stride: int = 1) -> str:
         layer = read_binary_conv(self.reader, prefix, cin, cout, k, stride, k // 2)
-        self.float_twin += layer.latent_weight_count + cout
         y = emit_binary_conv(self.gb, layer, x, portable=self.portable)
         self.records.append(BinaryLayerRecord(layer, x, y, 4))
         return y
 
     def _blinear(self, prefix: str, x: str, kin: int, kout: int, rank: int) -> str:
         layer = read_binary_linear(self.reader, prefix, kin, kout)
-        self.float_twin += layer.latent_weight_count + kout
         y = emit_binary_linear(self.gb, layer, x, portable=self.portable, x_rank=rank)
         self.records.append(BinaryLayerRecord(layer, x, y, rank))
         return y
@@ -105,7 +101,6 @@ class _UNetWriter:
     def _fp_conv(self, prefix: str, x: str, cin: int, cout: int) -> str:
         w = self.reader.take(prefix + ".weight", (cout, cin, 3, 3))
         b = self.reader.take(prefix + ".bias", (cout,))
-        self.float_twin += w.size + b.size
         self.fp_params += w.size + b.size
         gb = self.gb
         return gb.op(
@@ -121,7 +116,6 @@ class _UNetWriter:
         gb = self.gb
         gamma = self.reader.take(prefix + ".weight", (channels,))
         beta = self.reader.take(prefix + ".bias", (channels,))
-        self.float_twin += 2 * channels
         self.fp_params += 2 * channels
         fp16 = gb.float_dtype == np.float16
         xf = gb.op("Cast", [x], to=TensorProto.FLOAT, name=f"{prefix}/to_f32") if fp16 else x
@@ -183,7 +177,6 @@ class _UNetWriter:
         gb = self.gb
         t = window * window
         table = self.reader.take(prefix + ".relative_position_bias_table", ((2 * window - 1) ** 2, heads))
-        self.float_twin += table.size
         self.fp_params += table.size
         index = self.reader.take(prefix + ".relative_position_index", (t, t)).astype(np.int64)
         if index.min() < 0 or index.max() >= table.shape[0]:
@@ -378,7 +371,6 @@ class _UNetWriter:
         return UNetGraph(
             model=model,
             layers=self.records,
-            float_twin_params=int(self.float_twin),
             dead_keys=sorted(self.reader.dead),
             full_precision_params=int(self.fp_params),
         )

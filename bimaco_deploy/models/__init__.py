@@ -16,7 +16,7 @@ from torch import nn
 from ..errors import CheckpointError
 from .binary_layers import BinaryConv2d, BinaryLinear
 from .checkpoint import load_state_dict_strict, read_state_dict
-from .config import ModelConfig, UNetConfig, load_config, load_vq_config
+from .config import ModelConfig, float_twin, load_config, load_vq_config
 from .unet import SwinUNet, build_unet, iter_binary_layers
 
 log = logging.getLogger(__name__)
@@ -78,13 +78,6 @@ def random_init_(model: nn.Module, seed: int) -> nn.Module:
         scale = 0.1 * std if std > 0 else 0.02
         p.add_(torch.randn(p.shape, generator=g) * scale)
     return model
-
-
-def float_twin(cfg: UNetConfig) -> UNetConfig:
-    """The full-precision model of the same family (same architecture, no binarization)."""
-    from dataclasses import replace
-
-    return replace(cfg, binary=None)
 
 
 def load_unet(

@@ -239,6 +239,13 @@ class ModelConfig:
         return self.unet.binary is not None
 
 
+def float_twin(cfg: UNetConfig) -> UNetConfig:
+    """The full-precision model of the same family: same architecture, no binarization."""
+    from dataclasses import replace
+
+    return replace(cfg, binary=None)
+
+
 def _as_tuple_per_level(sec: _Section, key: str, levels: int) -> Tuple[int, ...]:
     value = sec.get(key, (int, list))
     if isinstance(value, int):

@@ -22,7 +22,7 @@ import torch
 
 from ..plugins.contract import num_words
 from .binary_layers import BinaryConv2d, BinaryLinear
-from .config import ModelConfig
+from .config import ModelConfig, float_twin
 from .swin import SwinBlock
 from .unet import SwinUNet, iter_binary_layers
 
@@ -122,10 +122,8 @@ def deployed_bytes(c: BranchCounts, side_bytes: int) -> int:
 
 def float_param_count(cfg: ModelConfig) -> int:
     """Parameters of the full-precision model of the same family (built on the meta device)."""
-    from dataclasses import replace
-
     with torch.device("meta"):
-        model = SwinUNet(replace(cfg.unet, binary=None))
+        model = SwinUNet(float_twin(cfg.unet))
     return sum(p.numel() for p in model.parameters())
 
 

@@ -97,41 +97,6 @@ def sign_margins(layer: nn.Module, x: torch.Tensor) -> torch.Tensor:
 
 
 @dataclass
-class SignComparison:
-    """How a backend's binarized signs compare with a reference's for one layer."""
-
-    layer: str
-    elements: int
-    disagreements: int
-    fragile_disagreements: int  # at elements whose margin is below the tolerance
-    min_margin_of_disagreement: Optional[float]
-
-
-def compare_signs(
-    name: str, ours: torch.Tensor, ref_negative: np.ndarray, ref_zero: np.ndarray, margins: np.ndarray, tol: float
-) -> SignComparison:
-    """Compare sign patterns (negative / zero / positive) with a reference's, classifying disagreements."""
-    x = ours.reshape(-1).numpy()
-    ours_code = np.sign(x).astype(np.int8)
-    ref_code = np.where(ref_negative, -1, 1).astype(np.int8)
-    ref_code[ref_zero] = 0
-    diff = np.nonzero(ours_code != ref_code)[0]
-    m = margins.reshape(-1)[diff]
-    return SignComparison(
-        layer=name,
-        elements=x.size,
-        disagreements=int(diff.size),
-        fragile_disagreements=int((m < tol).sum()),
-        min_margin_of_disagreement=float(m.min()) if diff.size else None,
-    )
-
-
-def flat_positions(shape: Tuple[int, ...], idx: np.ndarray) -> List[Tuple[int, ...]]:
-    """Flat indices -> coordinate tuples (for messages)."""
-    return [tuple(int(v) for v in np.unravel_index(i, shape)) for i in idx]
-
-
-@dataclass
 class DivergenceExplanation:
     """Result of :func:`explain_divergence`: the flips that make our forward follow the reference's."""
 

@@ -13,7 +13,7 @@ Fake (meta) kernels are registered so the ops trace under ``torch.compile`` /
 from __future__ import annotations
 
 import warnings
-from typing import Optional, Sequence, Set, Tuple, Union
+from typing import NamedTuple, Optional, Sequence, Set, Tuple, Union
 
 import torch
 import torch.nn.functional as F
@@ -48,6 +48,14 @@ def _register_fakes() -> None:
     @torch.library.register_fake("bimaco::binary_linear")
     def _linear_fake(x, wbits, alpha, bias, in_features, wzero=None):  # noqa: ANN001
         return x.new_empty((*x.shape[:-1], wbits.shape[0]))
+
+    @torch.library.register_fake("bimaco::binary_conv2d_fused")
+    def _conv_fused_fake(x, wbits, alpha, bias, stride, padding, in_channels, wzero=None, *side):  # noqa: ANN001
+        return _conv_fake(x, wbits, alpha, bias, stride, padding, in_channels, wzero)
+
+    @torch.library.register_fake("bimaco::binary_linear_fused")
+    def _linear_fused_fake(x, wbits, alpha, bias, in_features, wzero=None, *side):  # noqa: ANN001
+        return _linear_fake(x, wbits, alpha, bias, in_features, wzero)
 
     _fake_registered = True
 
@@ -174,6 +182,54 @@ def _check_params(
         )
 
 
+def _conv_args(
+    op: str,
+    x: torch.Tensor,
+    wbits: torch.Tensor,
+    alpha: torch.Tensor,
+    bias: torch.Tensor,
+    stride: IntOrSeq,
+    padding: IntOrSeq,
+    in_channels: Optional[int],
+    wzero: Optional[torch.Tensor],
+) -> Tuple[Tuple[int, int], Tuple[int, int, int, int], int]:
+    """Validated (stride, ONNX-order pads, in_channels) of a conv call; InputError names what is wrong."""
+    if x.dim() != 4 or x.dtype not in (torch.float32, torch.float16):
+        raise InputError(f"{op}: x must be float32/float16 [N, C, H, W], got {x.dtype} {tuple(x.shape)}")
+    c = int(x.shape[1]) if in_channels is None else int(in_channels)
+    if x.shape[1] != c:
+        raise InputError(f"{op}: x has {x.shape[1]} channels, layer expects in_channels={c}")
+    _check_params(op, wbits, alpha, bias, wzero, c, 4)
+    st, pads = _pair(stride, "stride"), _pads(padding)
+    if min(st) <= 0 or min(pads) < 0:
+        raise InputError(f"{op}: stride {st} must be positive and padding {pads} non-negative")
+    try:
+        contract.conv_output_size(x.shape[2], wbits.shape[1], st[0], pads[0], pads[2])
+        contract.conv_output_size(x.shape[3], wbits.shape[2], st[1], pads[1], pads[3])
+    except ValueError as err:
+        raise InputError(f"{op}: x {tuple(x.shape)}: {err}") from err
+    return st, pads, c
+
+
+def _linear_args(
+    op: str,
+    x: torch.Tensor,
+    wbits: torch.Tensor,
+    alpha: torch.Tensor,
+    bias: torch.Tensor,
+    in_features: Optional[int],
+    wzero: Optional[torch.Tensor],
+) -> int:
+    """Validated in_features of a linear call."""
+    if x.dim() < 1 or x.dtype not in (torch.float32, torch.float16):
+        raise InputError(f"{op}: x must be float32/float16 [..., K], got {x.dtype} {tuple(x.shape)}")
+    k = int(x.shape[-1]) if in_features is None else int(in_features)
+    if x.shape[-1] != k:
+        raise InputError(f"{op}: x has last dim {x.shape[-1]}, layer expects in_features={k}")
+    _check_params(op, wbits, alpha, bias, wzero, k, 2)
+    return k
+
+
 # --------------------------------------------------------------------------- public ops
 
 
@@ -193,20 +249,7 @@ def binary_conv2d(
     int, (pad_h, pad_w) or ONNX (top, left, bottom, right); ``wzero`` the optional weight
     zero mask in the layout of ``wbits``.
     """
-    if x.dim() != 4 or x.dtype not in (torch.float32, torch.float16):
-        raise InputError(f"binary_conv2d: x must be float32/float16 [N, C, H, W], got {x.dtype} {tuple(x.shape)}")
-    c = int(x.shape[1]) if in_channels is None else int(in_channels)
-    if x.shape[1] != c:
-        raise InputError(f"binary_conv2d: x has {x.shape[1]} channels, layer expects in_channels={c}")
-    _check_params("binary_conv2d", wbits, alpha, bias, wzero, c, 4)
-    st, pads = _pair(stride, "stride"), _pads(padding)
-    if min(st) <= 0 or min(pads) < 0:
-        raise InputError(f"binary_conv2d: stride {st} must be positive and padding {pads} non-negative")
-    try:
-        contract.conv_output_size(x.shape[2], wbits.shape[1], st[0], pads[0], pads[2])
-        contract.conv_output_size(x.shape[3], wbits.shape[2], st[1], pads[1], pads[3])
-    except ValueError as err:
-        raise InputError(f"binary_conv2d: x {tuple(x.shape)}: {err}") from err
+    st, pads, c = _conv_args("binary_conv2d", x, wbits, alpha, bias, stride, padding, in_channels, wzero)
     if _use_native(x):
         return torch.ops.bimaco.binary_conv2d(x, wbits, alpha, bias, list(st), list(pads), c, wzero)
     return reference_binary_conv2d(x, wbits, alpha, bias, st, pads, c, wzero)
@@ -221,15 +264,119 @@ def binary_linear(
     wzero: Optional[torch.Tensor] = None,
 ) -> torch.Tensor:
     """BinaryLinear of the op contract: x [..., K] (fp32/fp16) -> y [..., O] in x's dtype."""
-    if x.dim() < 1 or x.dtype not in (torch.float32, torch.float16):
-        raise InputError(f"binary_linear: x must be float32/float16 [..., K], got {x.dtype} {tuple(x.shape)}")
-    k = int(x.shape[-1]) if in_features is None else int(in_features)
-    if x.shape[-1] != k:
-        raise InputError(f"binary_linear: x has last dim {x.shape[-1]}, layer expects in_features={k}")
-    _check_params("binary_linear", wbits, alpha, bias, wzero, k, 2)
+    k = _linear_args("binary_linear", x, wbits, alpha, bias, in_features, wzero)
     if _use_native(x):
         return torch.ops.bimaco.binary_linear(x, wbits, alpha, bias, k, wzero)
     return reference_binary_linear(x, wbits, alpha, bias, k, wzero)
+
+
+# --------------------------------------------------------------------------- fused layers
+
+
+class SideBranches(NamedTuple):
+    """The full-precision side branches of one BiMaCoSR binary layer, in op form.
+
+    ``rprelu`` float32 [3, O] (rows b0, slope, b1; conv layers only); SMB as CSR over
+    output channels: ``smb_rowptr`` int32 [O + 1], ``smb_col`` int32 [nnz] (input
+    channel), ``smb_val`` float32 [nnz]; LRMB as ``lr_down`` float32 [r, C] (applied
+    first) and ``lr_up`` float32 [O, r]. Any of them may be None.
+    """
+
+    rprelu: Optional[torch.Tensor] = None
+    smb_rowptr: Optional[torch.Tensor] = None
+    smb_col: Optional[torch.Tensor] = None
+    smb_val: Optional[torch.Tensor] = None
+    lr_down: Optional[torch.Tensor] = None
+    lr_up: Optional[torch.Tensor] = None
+
+
+def fused_native(x: torch.Tensor) -> bool:
+    """Whether the native fused layer kernels take ``x`` (CPU tensors with the library loaded).
+
+    Elsewhere the contract op runs and the side branches follow as torch ops.
+    """
+    return x.device.type == "cpu" and (_available if _available is not None else ops_available())
+
+
+def binary_conv2d_fused(
+    x: torch.Tensor,
+    wbits: torch.Tensor,
+    alpha: torch.Tensor,
+    bias: torch.Tensor,
+    stride: IntOrSeq,
+    padding: IntOrSeq,
+    in_channels: int,
+    wzero: Optional[torch.Tensor],
+    side: SideBranches,
+) -> torch.Tensor:
+    """A whole binary conv layer: ``((RPReLU(BinaryConv2d(x)) + SMB(x)) + LRMB(x))``.
+
+    On CPU with the native library, one kernel applies the side branches in the GEMM
+    epilogue; elsewhere the contract op (native or reference) runs and the side branches
+    follow as torch ops (:func:`reference_side_conv`), with the same order of additions.
+    """
+    if fused_native(x):
+        st, pads, c = _conv_args("binary_conv2d_fused", x, wbits, alpha, bias, stride, padding, in_channels, wzero)
+        return torch.ops.bimaco.binary_conv2d_fused(x, wbits, alpha, bias, list(st), list(pads), c, wzero, *side)
+    y = binary_conv2d(x, wbits, alpha, bias, stride, padding, in_channels, wzero)
+    return reference_side_conv(x, y, side)
+
+
+def binary_linear_fused(
+    x: torch.Tensor,
+    wbits: torch.Tensor,
+    alpha: torch.Tensor,
+    bias: torch.Tensor,
+    in_features: int,
+    wzero: Optional[torch.Tensor],
+    side: SideBranches,
+) -> torch.Tensor:
+    """A whole binary linear layer: ``((BinaryLinear(x) + LRMB(x)) + SMB(x))`` (see the conv twin)."""
+    if side.rprelu is not None:
+        raise InputError("binary_linear_fused: RPReLU belongs to conv layers")
+    if fused_native(x):
+        k = _linear_args("binary_linear_fused", x, wbits, alpha, bias, in_features, wzero)
+        return torch.ops.bimaco.binary_linear_fused(x, wbits, alpha, bias, k, wzero, *side[1:])
+    y = binary_linear(x, wbits, alpha, bias, in_features, wzero)
+    return reference_side_linear(x, y, side)
+
+
+def smb_apply(x: torch.Tensor, rowptr: torch.Tensor, col: torch.Tensor, val: torch.Tensor, dim: int) -> torch.Tensor:
+    """SMB from its CSR table: ``out[.., o, ..] = sum val * x[.., col, ..]`` along ``dim``.
+
+    Gather/scatter (the reference's index_select/index_add_ form): never a dense matrix.
+    """
+    counts = (rowptr[1:] - rowptr[:-1]).long()
+    rows = torch.repeat_interleave(torch.arange(counts.numel(), device=x.device), counts)
+    shape = [1] * x.dim()
+    shape[dim] = -1
+    gathered = x.index_select(dim, col.long()) * val.to(x.dtype).view(shape)
+    out_shape = list(x.shape)
+    out_shape[dim] = counts.numel()
+    return x.new_zeros(out_shape).index_add_(dim, rows, gathered)
+
+
+def reference_side_conv(x: torch.Tensor, y: torch.Tensor, side: SideBranches) -> torch.Tensor:
+    """Side branches of a conv layer in torch ops, on the binary branch's output ``y``."""
+    if side.rprelu is not None:
+        b0, slope, b1 = (r.to(y.dtype) for r in side.rprelu)
+        y = F.prelu(y + b0.view(1, -1, 1, 1), slope) + b1.view(1, -1, 1, 1)
+    if side.smb_rowptr is not None:
+        y = y + smb_apply(x, side.smb_rowptr, side.smb_col, side.smb_val, dim=1)
+    if side.lr_down is not None:
+        n, c, h, w = x.shape
+        low = torch.matmul(side.lr_up.to(x.dtype), torch.matmul(side.lr_down.to(x.dtype), x.reshape(n, c, h * w)))
+        y = y + low.view(n, -1, h, w)
+    return y
+
+
+def reference_side_linear(x: torch.Tensor, y: torch.Tensor, side: SideBranches) -> torch.Tensor:
+    """Side branches of a linear layer in torch ops, on the binary branch's output ``y``."""
+    if side.lr_down is not None:
+        y = y + F.linear(F.linear(x, side.lr_down.to(x.dtype)), side.lr_up.to(x.dtype))
+    if side.smb_rowptr is not None:
+        y = y + smb_apply(x, side.smb_rowptr, side.smb_col, side.smb_val, dim=x.dim() - 1)
+    return y
 
 
 # --------------------------------------------------------------------------- pure torch reference

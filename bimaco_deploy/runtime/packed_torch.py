@@ -4,23 +4,24 @@
 ``BinaryLinear`` becomes a module that holds only what inference needs:
 
 * the binary branch in op-contract form: int32 sign words (32 weights per word), alpha,
-  bias and, only if scattered exact-zero weights exist, the zero mask; it runs through
-  ``torch.ops.bimaco`` (native XNOR-popcount kernels; see :mod:`bimaco_deploy.plugins.torch_ops`);
-* RPReLU as three [O] vectors;
+  bias and, only if scattered exact-zero weights exist, the zero mask;
+* RPReLU as one [3, O] table (b0, slope, b1);
 * LRMB as its two small factors (rank r);
-* SMB as a CSR matrix of its ``nnz`` values (int32 indices), applied with MKL sparse
-  matmul, never as a dense Cout x Cin matrix;
+* SMB as a CSR table of its ``nnz`` values (int32 indices), never a dense Cout x Cin matrix;
 * the stride-2 same-width layers keep their average-pool shortcut and carry no SMB/LRMB.
 
-The order of additions is the reference's: conv ``((binconv + bias -> RPReLU) + shortcut)
-+ LRMB``, linear ``(binlin + bias + LRMB) + SMB``. Everything else in the model (norms,
-attention, the full-precision convs) is left untouched.
+A layer runs as one ``torch.ops.bimaco.binary_*_fused`` call on CPU: the XNOR-popcount
+GEMM with RPReLU, SMB and LRMB applied in its epilogue, tile by tile while the outputs
+are in cache (see :mod:`bimaco_deploy.plugins.torch_ops`). On other devices the contract
+op runs and the side branches follow as torch ops. The order of additions is the
+reference's: conv ``((binconv + bias -> RPReLU) + shortcut) + LRMB``, linear
+``(binlin + bias + LRMB) + SMB``. Everything else in the model (norms, attention, the
+full-precision convs) is left untouched.
 """
 
 from __future__ import annotations
 
 import copy
-import warnings
 from typing import Dict, Iterable, Optional, Tuple
 
 import torch
@@ -39,81 +40,25 @@ def _f32(t: torch.Tensor) -> torch.Tensor:
     return t.detach().to(torch.float32).contiguous().clone()
 
 
-class _SparseBranch(nn.Module):
-    """SMB in compact form: ``out[:, o] += sum over its nonzeros v * x[:, c]``.
+def _smb_csr(branch: nn.Module) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """SMB as CSR over output channels: (rowptr int32 [O+1], col int32 [nnz], val float32 [nnz]).
 
-    Held as CSR (row pointers, column indices, values: nnz entries, duplicates summed as
-    the reference's ``index_add_`` does). float32 inputs run through MKL sparse matmul:
-    ``S @ X`` for convs (X = [C, H*W] per image, contiguous in NCHW) and ``X @ S^T`` for
-    linears (X = [rows, K]); measured 5-30x faster than the reference's
-    index_select/index_add_ on the published shapes (last-dim index_add_ is slow).
-    Other dtypes use the reference's gather/scatter form.
+    Entries are sorted by (output, input) channel and duplicates summed, as the
+    reference's ``index_add_`` sums them.
     """
-
-    def __init__(self, branch: nn.Module, channel_dim: int):
-        super().__init__()
-        idx = branch.indices()
-        self.out_features, self.in_features = int(branch.out_features), int(branch.in_features)
-        self.channel_dim = channel_dim
-        with warnings.catch_warnings():
-            # torch flags sparse CSR as beta and notes unchecked invariants: both expected here
-            warnings.simplefilter("ignore", UserWarning)
-            coo = torch.sparse_coo_tensor(idx, _f32(branch.values), (self.out_features, self.in_features))
-            coo = coo.coalesce()
-            if channel_dim != 1:  # linear: store S^T so that X @ S^T is a dense @ CSR product
-                coo = coo.t().coalesce()
-            csr = coo.to_sparse_csr()
-        self.register_buffer("crow", csr.crow_indices().to(torch.int32).contiguous())
-        self.register_buffer("col", csr.col_indices().to(torch.int32).contiguous())
-        self.register_buffer("values", csr.values().contiguous())
-        self._csr: Optional[torch.Tensor] = None
-
-    def _matrix(self) -> torch.Tensor:
-        if self._csr is None or self._csr.device != self.values.device:
-            shape = (
-                (self.out_features, self.in_features)
-                if self.channel_dim == 1
-                else (self.in_features, self.out_features)
-            )
-            with warnings.catch_warnings():
-                warnings.simplefilter("ignore", UserWarning)
-                self._csr = torch.sparse_csr_tensor(
-                    self.crow, self.col, self.values, shape, check_invariants=False
-                )
-        return self._csr
-
-    def _gather_scatter(self, x: torch.Tensor) -> torch.Tensor:
-        csr = self._matrix().to_sparse_coo().coalesce()
-        rows, cols = csr.indices()
-        if self.channel_dim != 1:
-            rows, cols = cols, rows
-        dim = self.channel_dim
-        shape = [1] * x.dim()
-        shape[dim] = -1
-        gathered = x.index_select(dim, cols) * csr.values().to(x.dtype).view(shape)
-        out_shape = list(x.shape)
-        out_shape[dim] = self.out_features
-        return x.new_zeros(out_shape).index_add_(dim, rows, gathered)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if x.dtype != torch.float32 or x.device.type != "cpu" or x.numel() < 16 * self.in_features:
-            # (a handful of rows, e.g. the time embedding: the sparse matmul's fixed cost dominates)
-            return self._gather_scatter(x)
-        m = self._matrix()
-        if self.channel_dim == 1:  # NCHW conv input
-            n, c, h, w = x.shape
-            xs = x.reshape(n, c, h * w)
-            out = torch.stack([torch.sparse.mm(m, xs[i]) for i in range(n)]) if n > 1 else torch.sparse.mm(
-                m, xs[0]).unsqueeze(0)
-            return out.view(n, self.out_features, h, w)
-        lead = x.shape[:-1]
-        return torch.mm(x.reshape(-1, self.in_features), m).view(*lead, self.out_features)
+    rows, cols = branch.indices().long()
+    o, c = int(branch.out_features), int(branch.in_features)
+    keys, inverse = torch.unique(rows * c + cols, sorted=True, return_inverse=True)
+    val = torch.zeros(keys.numel(), dtype=torch.float32).index_add_(0, inverse, _f32(branch.values))
+    rowptr = torch.zeros(o + 1, dtype=torch.int64)
+    rowptr[1:] = torch.bincount(keys // c, minlength=o).cumsum(0)
+    return rowptr.to(torch.int32), (keys % c).to(torch.int32), val
 
 
 class _PackedBinary(nn.Module):
-    """Shared part: the packed weight of the binary branch."""
+    """Shared part: the packed weight of the binary branch and the SMB/LRMB side branches."""
 
-    def _store_packed(self, layer: nn.Module, name: str) -> None:
+    def _store_packed(self, layer: nn.Module, name: str, with_side: bool) -> None:
         pw = layer.packed()
         self.layer_name = name
         self.register_buffer("wbits", torch.from_numpy(pw.bits.copy()))
@@ -121,6 +66,30 @@ class _PackedBinary(nn.Module):
         self.register_buffer("bias", _f32(layer.bias))
         self.register_buffer("wzero", None if pw.zero is None else torch.from_numpy(pw.zero.copy()))
         self.num_zero_weights = pw.num_zero_weights
+        smb = with_side and layer.has_smb
+        rowptr, col, val = _smb_csr(layer.skip_connection) if smb else (None, None, None)
+        self.register_buffer("smb_rowptr", rowptr)
+        self.register_buffer("smb_col", col)
+        self.register_buffer("smb_val", val)
+        down = up = None
+        if with_side and layer.has_lrmb:
+            # LoRA naming differs between the two layer kinds; down is the one applied first
+            lora = layer.lora
+            down, up = (lora.A, lora.B) if isinstance(layer, BinaryConv2d) else (lora.B, lora.A)
+            down, up = _f32(down.weight).flatten(1), _f32(up.weight).flatten(1)
+        self.register_buffer("lr_down", down)  # [r, C]
+        self.register_buffer("lr_up", up)  # [O, r]
+
+    @property
+    def has_smb(self) -> bool:
+        return self.smb_rowptr is not None
+
+    @property
+    def has_lrmb(self) -> bool:
+        return self.lr_down is not None
+
+    def _side(self, rprelu: Optional[torch.Tensor] = None) -> torch_ops.SideBranches:
+        return torch_ops.SideBranches(rprelu, self.smb_rowptr, self.smb_col, self.smb_val, self.lr_down, self.lr_up)
 
 
 class PackedBinaryConv2d(_PackedBinary):
@@ -128,53 +97,41 @@ class PackedBinaryConv2d(_PackedBinary):
 
     def __init__(self, layer: BinaryConv2d, name: str = ""):
         super().__init__()
-        self._store_packed(layer, name)
+        self.uses_avgpool_shortcut = bool(layer.uses_avgpool_shortcut)
+        # the stride-2 same-width layers: their SMB/LRMB are dead in the reference
+        self._store_packed(layer, name, with_side=not self.uses_avgpool_shortcut)
         self.in_channels, self.out_channels = layer.in_channels, layer.out_channels
         self.kernel_size, self.stride = layer.kernel_size, layer.stride
         self.pads: Tuple[int, int, int, int] = tuple(layer.pads)  # type: ignore[assignment]
-        self.register_buffer("rp_b0", _f32(layer.relu.pr_bias0.bias).view(-1))
-        self.register_buffer("rp_slope", _f32(layer.relu.pr_prelu.weight).view(-1))
-        self.register_buffer("rp_b1", _f32(layer.relu.pr_bias1.bias).view(-1))
-        self.uses_avgpool_shortcut = bool(layer.uses_avgpool_shortcut)
-        self.smb = (
-            _SparseBranch(layer.skip_connection, channel_dim=1)
-            if layer.has_smb and not self.uses_avgpool_shortcut
-            else None
-        )
-        if layer.has_lrmb:
-            # 1x1 convs as [r, C] and [O, r] matrices: a batched matmul over H*W is a plain
-            # GEMM, while torch routes a 1x1 conv with r = 8 outputs to its slow conv path
-            self.register_buffer("lora_a", _f32(layer.lora.A.weight).flatten(1))  # [r, C]
-            self.register_buffer("lora_b", _f32(layer.lora.B.weight).flatten(1))  # [O, r]
-        else:
-            self.lora_a = self.lora_b = None
+        self._stride2 = list(torch_ops._pair(self.stride, "stride"))
+        self._pads4 = list(self.pads)
+        rp = [layer.relu.pr_bias0.bias, layer.relu.pr_prelu.weight, layer.relu.pr_bias1.bias]
+        self.register_buffer("rprelu", torch.stack([_f32(t).view(-1) for t in rp]))  # [3, O]
 
     def extra_repr(self) -> str:
         return (
             f"{self.in_channels}, {self.out_channels}, kernel_size={self.kernel_size}, stride={self.stride}, "
-            f"pads={self.pads}, smb={self.smb is not None}, lrmb={self.lora_a is not None}, "
+            f"pads={self.pads}, smb={self.has_smb}, lrmb={self.has_lrmb}, "
             f"avgpool={self.uses_avgpool_shortcut}, zero_mask={self.wzero is not None}"
         )
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        with _label("bimaco.binary_op"):
-            y = torch_ops.binary_conv2d(
-                x, self.wbits, self.alpha, self.bias, self.stride, self.pads, self.in_channels, self.wzero
-            )
-        # y is a fresh tensor owned here: in-place adds save an allocation and a pass each
-        with _label("bimaco.rprelu"):
-            y = F.prelu(y.add_(self.rp_b0.view(1, -1, 1, 1)), self.rp_slope).add_(self.rp_b1.view(1, -1, 1, 1))
+        with _label("bimaco.binary_layer"):
+            if torch_ops.fused_native(x):
+                # tensors validated at pack time; the kernel re-checks every shape: skip the
+                # Python checks, which cost as much as a small layer
+                y = torch.ops.bimaco.binary_conv2d_fused(
+                    x, self.wbits, self.alpha, self.bias, self._stride2, self._pads4, self.in_channels, self.wzero,
+                    self.rprelu, self.smb_rowptr, self.smb_col, self.smb_val, self.lr_down, self.lr_up,
+                )
+            else:
+                y = torch_ops.binary_conv2d_fused(
+                    x, self.wbits, self.alpha, self.bias, self.stride, self.pads, self.in_channels, self.wzero,
+                    self._side(self.rprelu),
+                )
         if self.uses_avgpool_shortcut:
             with _label("bimaco.avgpool_shortcut"):
-                y.add_(F.avg_pool2d(x, kernel_size=self.stride, stride=self.stride))
-        elif self.smb is not None:
-            with _label("bimaco.smb"):
-                y.add_(self.smb(x))
-        if self.lora_a is not None:
-            with _label("bimaco.lrmb"):
-                n, c, h, w = x.shape
-                low = torch.matmul(self.lora_b, torch.matmul(self.lora_a, x.reshape(n, c, h * w)))
-                y.add_(low.view(n, -1, h, w))
+                y = y + F.avg_pool2d(x, kernel_size=self.stride, stride=self.stride)
         return y
 
 
@@ -183,31 +140,25 @@ class PackedBinaryLinear(_PackedBinary):
 
     def __init__(self, layer: BinaryLinear, name: str = ""):
         super().__init__()
-        self._store_packed(layer, name)
+        self._store_packed(layer, name, with_side=True)
         self.in_features, self.out_features = layer.in_features, layer.out_features
-        self.smb = _SparseBranch(layer.skip_connection, channel_dim=-1) if layer.has_smb else None
-        if layer.has_lrmb:
-            self.register_buffer("lora_b", _f32(layer.lora.B.weight))  # [r, K], applied first
-            self.register_buffer("lora_a", _f32(layer.lora.A.weight))  # [O, r]
-        else:
-            self.lora_a = self.lora_b = None
 
     def extra_repr(self) -> str:
         return (
-            f"{self.in_features}, {self.out_features}, smb={self.smb is not None}, "
-            f"lrmb={self.lora_a is not None}, zero_mask={self.wzero is not None}"
+            f"{self.in_features}, {self.out_features}, smb={self.has_smb}, "
+            f"lrmb={self.has_lrmb}, zero_mask={self.wzero is not None}"
         )
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        with _label("bimaco.binary_op"):
-            y = torch_ops.binary_linear(x, self.wbits, self.alpha, self.bias, self.in_features, self.wzero)
-        if self.lora_a is not None:
-            with _label("bimaco.lrmb"):
-                y.add_(F.linear(F.linear(x, self.lora_b), self.lora_a))
-        if self.smb is not None:
-            with _label("bimaco.smb"):
-                y.add_(self.smb(x))
-        return y
+        with _label("bimaco.binary_layer"):
+            if torch_ops.fused_native(x):  # see PackedBinaryConv2d.forward
+                return torch.ops.bimaco.binary_linear_fused(
+                    x, self.wbits, self.alpha, self.bias, self.in_features, self.wzero,
+                    self.smb_rowptr, self.smb_col, self.smb_val, self.lr_down, self.lr_up,
+                )
+            return torch_ops.binary_linear_fused(
+                x, self.wbits, self.alpha, self.bias, self.in_features, self.wzero, self._side()
+            )
 
 
 PACKED_TYPES = (PackedBinaryConv2d, PackedBinaryLinear)
@@ -274,6 +225,8 @@ def memory_report(packed: nn.Module, float_params: Optional[int] = None) -> Dict
     for m in packed.modules():
         if isinstance(m, PACKED_TYPES):
             for name, b in m.named_buffers(recurse=True):
+                if b is None:
+                    continue
                 nbytes = b.numel() * b.element_size()
                 if name in ("wbits", "wzero"):
                     binary_words += nbytes

@@ -15,11 +15,13 @@ namespace bimaco {
 namespace cpu {
 
 using detail::Gemm;
+using detail::kPixelChunk;
 using detail::Tile;
 
 namespace {
 
-constexpr int kPixelChunk = 64;  // output pixels of one row per work item
+// Weights up to this size stay in a core's L2 across a whole row of tiles.
+constexpr int64_t kL2WeightBytes = 256 * 1024;
 // Below this many (pixel, channel-block, tap, word) steps a call runs on the calling thread.
 constexpr int64_t kInlineWork = 16 * 1024;
 
@@ -69,6 +71,14 @@ int lanes_of(Isa isa) {
 }
 
 using GemmFn = void (*)(const Gemm&, const Tile&);
+
+GemmFn side_of(Isa isa) {
+#if defined(__x86_64__) || defined(_M_X64)
+  if (isa == Isa::kAvx2 || isa == Isa::kAvx512) return detail::side_avx2;
+#endif
+  (void)isa;
+  return detail::side_generic;
+}
 
 GemmFn gemm_of(Isa isa) {
   switch (isa) {
@@ -167,24 +177,72 @@ void prepare(Isa isa, int o, int taps, int words, int c, const int32_t* wbits, c
   g->bias = p->bias.data();
 }
 
-void run_tiles(Isa isa, const Gemm& g, const ParallelFor& pfor) {
+// Linear SMB entries regrouped per tile group and, inside a group, in wave order: first
+// every output's first entry, then every output's second, ... (see side_rows).
+struct SmbWaves {
+  std::vector<int32_t> o, c, start;
+  std::vector<float> v;
+};
+
+void build_smb_waves(const SideBranches& sb, int o, int lanes, int group_blocks, SmbWaves* w) {
+  const int group_ch = group_blocks * lanes;
+  const int ngroups = (o + group_ch - 1) / group_ch;
+  const int nnz = sb.smb_rowptr[o];
+  w->o.reserve(size_t(nnz));
+  w->c.reserve(size_t(nnz));
+  w->v.reserve(size_t(nnz));
+  w->start.assign(size_t(ngroups) + 1, 0);
+  for (int gi = 0; gi < ngroups; ++gi) {
+    const int o0 = gi * group_ch, o1 = std::min(o, o0 + group_ch);
+    int longest = 0;
+    for (int oc = o0; oc < o1; ++oc) longest = std::max(longest, sb.smb_rowptr[oc + 1] - sb.smb_rowptr[oc]);
+    for (int j = 0; j < longest; ++j) {
+      for (int oc = o0; oc < o1; ++oc) {
+        const int e = sb.smb_rowptr[oc] + j;
+        if (e >= sb.smb_rowptr[oc + 1]) continue;
+        w->o.push_back(oc);
+        w->c.push_back(sb.smb_col[e]);
+        w->v.push_back(sb.smb_val[e]);
+      }
+    }
+    w->start[size_t(gi) + 1] = int32_t(w->o.size());
+  }
+}
+
+void run_tiles(Isa isa, const Gemm& g_in, const ParallelFor& pfor) {
+  Gemm g = g_in;
   const int nob = g.o_pad / g.lanes;
   const int64_t ob_bytes = int64_t(g.taps) * g.words * g.lanes * 4;
   const int group = int(std::max<int64_t>(1, std::min<int64_t>(nob, weight_block_bytes() / ob_bytes)));
+  SmbWaves waves;
+  if (g.side && g.row_major && g.side->smb_rowptr) {
+    build_smb_waves(*g.side, g.o, g.lanes, group, &waves);
+    g.smb_wave_o = waves.o.data();
+    g.smb_wave_c = waves.c.data();
+    g.smb_wave_v = waves.v.data();
+    g.smb_wave_start = waves.start.data();
+    g.smb_wave_group_blocks = group;
+  }
   const int ngroups = (nob + group - 1) / group;
   const int nchunks = (g.wo + kPixelChunk - 1) / kPixelChunk;
   const int64_t rows = int64_t(g.n) * g.ho * nchunks;
   const GemmFn fn = gemm_of(isa);
+  const GemmFn side = g.side ? side_of(isa) : nullptr;
   // Tiny problems (a time-embedding linear on one row) finish faster than a thread
   // wake-up, which on a busy machine can take a scheduler tick: run them inline.
   const int64_t work = int64_t(g.n) * g.ho * g.wo * nob * g.taps * g.words;
   const bool inline_run = work < kInlineWork;
   const ParallelFor serial = [](int64_t n, const RangeFn& f) { if (n > 0) f(0, n); };
-  // group outermost: a thread's consecutive items reuse the same weight block
+  // Group outermost: a thread's consecutive items reuse the same weight block. With side
+  // branches, and weights that fit in L2 anyway, rows go outermost instead: the epilogue
+  // reads the input rows (SMB) and the output tile again, and all groups of one row then
+  // run back to back while those rows are still in cache.
+  const int64_t weight_bytes = int64_t(nob) * ob_bytes * (g.wz ? 2 : 1);
+  const bool rows_outer = side && weight_bytes <= kL2WeightBytes;
   (inline_run ? serial : pfor)(int64_t(ngroups) * rows, [&](int64_t b, int64_t e) {
     for (int64_t it = b; it < e; ++it) {
-      const int gi = int(it / rows);
-      int64_t r = it % rows;
+      const int gi = int(rows_outer ? it % ngroups : it / rows);
+      int64_t r = rows_outer ? it / ngroups : it % rows;
       const int chunk = int(r % nchunks);
       r /= nchunks;
       Tile t;
@@ -195,8 +253,23 @@ void run_tiles(Isa isa, const Gemm& g, const ParallelFor& pfor) {
       t.ob0 = gi * group;
       t.ob1 = std::min(nob, t.ob0 + group);
       fn(g, t);
+      if (side) side(g, t);
     }
   });
+}
+
+// The side branches read the input at the output pixel: they need stride 1 and an
+// output the size of the input, and their arrays must be complete.
+void check_side(const SideBranches& sb, bool conv, bool same_grid, const char* op) {
+  if (sb.reads_input() && !same_grid)
+    throw std::invalid_argument(std::string(op) +
+                                ": SMB/LRMB side branches need stride 1 and an output the size of the input");
+  if (sb.rp_b0 && (!conv || !sb.rp_slope || !sb.rp_b1))
+    throw std::invalid_argument(std::string(op) + ": RPReLU needs b0, slope and b1 (conv layers only)");
+  if (sb.smb_rowptr && (!sb.smb_col || !sb.smb_val))
+    throw std::invalid_argument(std::string(op) + ": SMB needs rowptr, col and val");
+  if (sb.lr_t && (!sb.lr_up || sb.rank <= 0))
+    throw std::invalid_argument(std::string(op) + ": LRMB needs t, up and a positive rank");
 }
 
 }  // namespace
@@ -273,9 +346,14 @@ ParallelFor default_parallel_for() {
 }
 
 void binary_conv2d(const ConvShape& s, const float* x, const int32_t* wbits, const int32_t* wzero,
-                   const float* alpha, const float* bias, float* y, const ParallelFor& pfor) {
+                   const float* alpha, const float* bias, float* y, const ParallelFor& pfor,
+                   const SideBranches* side) {
   if (s.n <= 0 || s.c <= 0 || s.o <= 0 || s.out_h() <= 0 || s.out_w() <= 0)
     throw std::invalid_argument("binary_conv2d: empty or invalid shape");
+  if (side && side->empty()) side = nullptr;
+  if (side)
+    check_side(*side, true, s.stride_h == 1 && s.stride_w == 1 && s.out_h() == s.h && s.out_w() == s.w,
+               "binary_conv2d");
   const Isa isa = active_isa();
   const int words = s.words();
   const int64_t hp = int64_t(s.h) + s.pad_top + s.pad_bottom;
@@ -331,12 +409,17 @@ void binary_conv2d(const ConvShape& s, const float* x, const int32_t* wbits, con
   g.y_n_stride = int64_t(s.o) * g.ho * g.wo;
   g.y_o_stride = int64_t(g.ho) * g.wo;
   g.y_p_stride = 1;
+  g.side = side;
+  g.x = x;
   run_tiles(isa, g, pfor);
 }
 
 void binary_linear(const LinearShape& s, const float* x, const int32_t* wbits, const int32_t* wzero,
-                   const float* alpha, const float* bias, float* y, const ParallelFor& pfor) {
+                   const float* alpha, const float* bias, float* y, const ParallelFor& pfor,
+                   const SideBranches* side) {
   if (s.rows < 0 || s.k <= 0 || s.o <= 0) throw std::invalid_argument("binary_linear: invalid shape");
+  if (side && side->empty()) side = nullptr;
+  if (side) check_side(*side, false, true, "binary_linear");
   if (s.rows == 0) return;
   const Isa isa = active_isa();
   const int words = s.words();
@@ -379,6 +462,9 @@ void binary_linear(const LinearShape& s, const float* x, const int32_t* wbits, c
   g.y_n_stride = 0;
   g.y_o_stride = 1;
   g.y_p_stride = s.o;
+  g.side = side;
+  g.x = x;
+  g.row_major = true;
   run_tiles(isa, g, pfor);
 }
 

@@ -48,15 +48,48 @@ using ParallelFor = std::function<void(int64_t n, const RangeFn& fn)>;
 // Default: std::thread over BIMACO_NUM_THREADS (or hardware_concurrency) workers.
 ParallelFor default_parallel_for();
 
+// The full-precision side branches of a BiMaCoSR binary layer, applied to each output
+// tile right after the binary GEMM, while the tile is still in cache: the packed torch
+// backend's whole layer in one pass instead of one pass over memory per branch. The
+// order of additions is the reference's (bimaco_deploy/models/binary_layers.py):
+//   conv:   y = ((RPReLU(binconv) + SMB) + LRMB)
+//   linear: y = ((binlin + LRMB) + SMB)
+// Null members are skipped. SMB and LRMB read the layer input at the output pixel, so
+// they need an output the size of the input (stride 1, "same" padding; checked).
+struct SideBranches {
+  // RPReLU, conv only: v = y + b0; v = v > 0 ? v : slope * v; y = v + b1. [O] each.
+  const float* rp_b0 = nullptr;
+  const float* rp_slope = nullptr;
+  const float* rp_b1 = nullptr;
+  // SMB as CSR over output channels: entries rowptr[o] .. rowptr[o+1] - 1 of col (input
+  // channel, int32) and val: out[o] = sum val * x[col]. rowptr [O + 1], nondecreasing.
+  const int32_t* smb_rowptr = nullptr;
+  const int32_t* smb_col = nullptr;
+  const float* smb_val = nullptr;
+  // LRMB as its down projection already applied, lr_t = A x (rank values per pixel),
+  // and the up projection B, laid out so the epilogue's inner loop is contiguous:
+  //   conv:   lr_t [N][rank][H*W], lr_up [O][rank]
+  //   linear: lr_t [rows][rank],   lr_up [rank][O]   (B transposed)
+  int rank = 0;
+  const float* lr_t = nullptr;
+  const float* lr_up = nullptr;
+
+  bool empty() const { return !rp_b0 && !smb_rowptr && !lr_t; }
+  bool reads_input() const { return smb_rowptr || lr_t; }
+};
+
 // Y = BinaryConv2d(X, Wbits, alpha, bias). x: float32 NCHW contiguous; wbits (and the
 // optional wzero mask, nullptr when absent) int32 [O][KH][KW][words]; alpha, bias
-// float32 [O]; y: float32 N x O x out_h x out_w, fully written.
+// float32 [O]; y: float32 N x O x out_h x out_w, fully written. `side` (optional) adds
+// the layer's side branches in the GEMM epilogue.
 void binary_conv2d(const ConvShape& s, const float* x, const int32_t* wbits, const int32_t* wzero,
-                   const float* alpha, const float* bias, float* y, const ParallelFor& pfor);
+                   const float* alpha, const float* bias, float* y, const ParallelFor& pfor,
+                   const SideBranches* side = nullptr);
 
 // Y = BinaryLinear(X, Wbits, alpha, bias): x rows x k row-major, y rows x o.
 void binary_linear(const LinearShape& s, const float* x, const int32_t* wbits, const int32_t* wzero,
-                   const float* alpha, const float* bias, float* y, const ParallelFor& pfor);
+                   const float* alpha, const float* bias, float* y, const ParallelFor& pfor,
+                   const SideBranches* side = nullptr);
 
 }  // namespace cpu
 }  // namespace bimaco

@@ -5,9 +5,14 @@
 #include <cstddef>
 #include <cstdint>
 
+#include "binary_ops_cpu.h"
+
 namespace bimaco {
 namespace cpu {
 namespace detail {
+
+// Output pixels of one row per work item (a tile is at most this wide).
+constexpr int kPixelChunk = 64;
 
 // One implicit-GEMM problem over packed activations.
 //
@@ -32,6 +37,18 @@ struct Gemm {
   const float* bias = nullptr;
   float* y = nullptr;
   int64_t y_n_stride = 0, y_o_stride = 0, y_p_stride = 0;  // y[n, o, p = oh*wo + ow]
+  // Fused side branches (nullptr: none) and the float32 layer input they read, in the
+  // layout of y's input: conv x[n][c][p] (same pixel grid as y), linear x[p][c].
+  const SideBranches* side = nullptr;
+  const float* x = nullptr;
+  bool row_major = false;  // linear: y[p][o] and x[p][c]; else conv planes y[n][o][p]
+  // Linear SMB in wave order (built per call by the dispatcher): entries of tile group gi
+  // (groups of smb_wave_group_blocks channel blocks) are [smb_wave_start[gi], [gi + 1]).
+  const int32_t* smb_wave_o = nullptr;
+  const int32_t* smb_wave_c = nullptr;
+  const float* smb_wave_v = nullptr;
+  const int32_t* smb_wave_start = nullptr;
+  int smb_wave_group_blocks = 1;
 
   // Index of the first padded input pixel read by output pixel (oh, ow).
   int64_t in_pixel(int oh, int ow) const { return int64_t(oh) * sh * wp + int64_t(ow) * sw; }
@@ -57,6 +74,11 @@ void gemm_popcnt(const Gemm& g, const Tile& t);
 void gemm_avx2(const Gemm& g, const Tile& t);
 void gemm_avx512(const Gemm& g, const Tile& t);
 void gemm_neon(const Gemm& g, const Tile& t);
+
+// Side-branch epilogue of one tile (after its GEMM). The AVX2 build is the same code
+// compiled for AVX2 (the compiler vectorises the contiguous inner loops).
+void side_generic(const Gemm& g, const Tile& t);
+void side_avx2(const Gemm& g, const Tile& t);
 
 // Sign packing of one image row (NCHW input): writes words, zero words and scales of
 // the w pixels of row h into dst pointers (already offset to the first real pixel of

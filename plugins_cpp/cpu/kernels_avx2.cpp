@@ -12,6 +12,7 @@
 #include <cstring>
 
 #include "kernel_common.h"
+#include "side_impl.h"
 
 #if defined(__clang__)
 #pragma clang attribute push(__attribute__((target("avx2,fma,popcnt"))), apply_to = function)
@@ -150,6 +151,8 @@ void gemm_impl(const Gemm& g, const Tile& t) {
 }
 
 }  // namespace
+
+void side_avx2(const Gemm& g, const Tile& t) { side_tile(g, t); }
 
 void gemm_avx2(const Gemm& g, const Tile& t) {
   if (g.wz) return gemm_impl<true, 0>(g, t);

@@ -4,12 +4,15 @@
 
 #include "kernel_common.h"
 #include "kernels_scalar_impl.h"
+#include "side_impl.h"
 
 namespace bimaco {
 namespace cpu {
 namespace detail {
 
 void gemm_scalar(const Gemm& g, const Tile& t) { scalar_impl::gemm(g, t); }
+
+void side_generic(const Gemm& g, const Tile& t) { side_tile(g, t); }
 
 bool pack_row_scalar(const float* x, int c, int64_t hw, int w, int words, uint32_t* bits,
                      uint32_t* zero, float* s) {

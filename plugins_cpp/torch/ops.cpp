@@ -40,9 +40,91 @@ void check_params(const at::Tensor& wbits, const at::Tensor& alpha, const at::Te
   }
 }
 
-at::Tensor binary_conv2d_cpu(const at::Tensor& x, const at::Tensor& wbits, const at::Tensor& alpha,
-                             const at::Tensor& bias, at::IntArrayRef stride, at::IntArrayRef padding,
-                             int64_t in_channels, const c10::optional<at::Tensor>& wzero) {
+using OptTensor = c10::optional<at::Tensor>;
+
+// The layer's side branches as the fused ops receive them (all optional).
+struct SideArgs {
+  OptTensor rprelu, smb_rowptr, smb_col, smb_val, lr_down, lr_up;
+  bool any() const { return rprelu || smb_rowptr || smb_col || smb_val || lr_down || lr_up; }
+};
+
+// Tensors that must outlive the kernel call (contiguous copies, LRMB's A x).
+struct SideHold {
+  at::Tensor rprelu, rowptr, col, val, t, up;
+};
+
+void check_float(const at::Tensor& t, at::IntArrayRef shape, const char* op, const char* name) {
+  TORCH_CHECK(t.scalar_type() == at::kFloat && t.sizes() == shape, op, ": ", name, " must be float32 ", shape,
+              ", got ", t.scalar_type(), " ", t.sizes());
+}
+
+// Validates the side-branch tensors against the layer (o outputs, c inputs) and fills
+// `sb`. `xrows` is the float32 input as [N, C, P] (conv) or [rows, C] (linear).
+void prepare_side(const SideArgs& a, int64_t o, int64_t c, bool conv, const at::Tensor& xrows, const char* op,
+                  SideHold* h, bc::SideBranches* sb) {
+  if (a.rprelu) {
+    TORCH_CHECK(conv, op, ": RPReLU belongs to conv layers");
+    check_float(*a.rprelu, {3, o}, op, "rprelu (rows b0, slope, b1)");
+    h->rprelu = a.rprelu->contiguous();
+    const float* rp = h->rprelu.data_ptr<float>();
+    sb->rp_b0 = rp;
+    sb->rp_slope = rp + o;
+    sb->rp_b1 = rp + 2 * o;
+  }
+  const bool smb = a.smb_rowptr || a.smb_col || a.smb_val;
+  if (smb) {
+    TORCH_CHECK(a.smb_rowptr && a.smb_col && a.smb_val, op, ": SMB needs smb_rowptr, smb_col and smb_val");
+    TORCH_CHECK(a.smb_rowptr->scalar_type() == at::kInt && a.smb_rowptr->dim() == 1 && a.smb_rowptr->size(0) == o + 1,
+                op, ": smb_rowptr must be int32 [", o + 1, "], got ", a.smb_rowptr->scalar_type(), " ",
+                a.smb_rowptr->sizes());
+    const int64_t nnz = a.smb_col->numel();
+    TORCH_CHECK(a.smb_col->scalar_type() == at::kInt && a.smb_col->dim() == 1, op, ": smb_col must be int32 [nnz], got ",
+                a.smb_col->scalar_type(), " ", a.smb_col->sizes());
+    check_float(*a.smb_val, {nnz}, op, "smb_val");
+    h->rowptr = a.smb_rowptr->contiguous();
+    h->col = a.smb_col->contiguous();
+    h->val = a.smb_val->contiguous();
+    // O(O + nnz) per call, small next to the layer: a bad table must not read out of bounds
+    const int32_t* rp = h->rowptr.data_ptr<int32_t>();
+    TORCH_CHECK(rp[0] == 0 && rp[o] == nnz, op, ": smb_rowptr must run from 0 to nnz=", nnz, ", got ", rp[0],
+                " .. ", rp[o]);
+    for (int64_t i = 0; i < o; ++i)
+      TORCH_CHECK(rp[i] <= rp[i + 1], op, ": smb_rowptr decreases at output ", i);
+    const int32_t* cp = h->col.data_ptr<int32_t>();
+    for (int64_t e = 0; e < nnz; ++e)
+      TORCH_CHECK(cp[e] >= 0 && cp[e] < c, op, ": smb_col[", e, "] = ", cp[e], " is not an input channel (0..",
+                  c - 1, ")");
+    sb->smb_rowptr = rp;
+    sb->smb_col = cp;
+    sb->smb_val = h->val.data_ptr<float>();
+  }
+  if (a.lr_down || a.lr_up) {
+    TORCH_CHECK(a.lr_down && a.lr_up, op, ": LRMB needs lr_down and lr_up");
+    const int64_t r = a.lr_down->size(0);
+    check_float(*a.lr_down, {r, c}, op, "lr_down [rank, in]");
+    check_float(*a.lr_up, {o, r}, op, "lr_up [out, rank]");
+    TORCH_CHECK(r > 0, op, ": LRMB rank must be positive");
+    // the down projection is a skinny GEMM that BLAS does well; the epilogue adds B t
+    if (conv) {  // [N, r, P]; at::mm per image avoids matmul's broadcasting bmm
+      const at::Tensor down = a.lr_down->contiguous();
+      h->t = at::empty({xrows.size(0), r, xrows.size(2)}, xrows.options());
+      for (int64_t i = 0; i < xrows.size(0); ++i) {
+        at::Tensor ti = h->t[i];
+        at::mm_out(ti, down, xrows[i]);
+      }
+    } else {
+      h->t = at::mm(xrows, a.lr_down->t());  // [rows, r]
+    }
+    h->up = conv ? a.lr_up->contiguous() : a.lr_up->t().contiguous();
+    sb->rank = int(r);
+    sb->lr_t = h->t.data_ptr<float>();
+    sb->lr_up = h->up.data_ptr<float>();
+  }
+}
+
+at::Tensor conv_impl(const at::Tensor& x, const at::Tensor& wbits, const at::Tensor& alpha, const at::Tensor& bias,
+                     at::IntArrayRef stride, at::IntArrayRef padding, int64_t in_channels, const OptTensor& wzero,
+                     const SideArgs* side) {
   TORCH_CHECK(x.dim() == 4, "binary_conv2d: x must be [N, C, H, W], got ", x.sizes());
   TORCH_CHECK(x.scalar_type() == at::kFloat || x.scalar_type() == at::kHalf,
               "binary_conv2d: x must be float32 or float16, got ", x.scalar_type());
@@ -75,14 +157,39 @@ at::Tensor binary_conv2d_cpu(const at::Tensor& x, const at::Tensor& wbits, const
   at::Tensor wz;
   if (wzero.has_value()) wz = wzero->contiguous();
   at::Tensor y = at::empty({s.n, s.o, s.out_h(), s.out_w()}, xf.options());
+  SideHold hold;
+  bc::SideBranches sb;
+  if (side && side->any()) {
+    TORCH_CHECK(!(side->smb_rowptr || side->lr_down) ||
+                    (s.stride_h == 1 && s.stride_w == 1 && s.out_h() == s.h && s.out_w() == s.w),
+                "binary_conv2d_fused: SMB/LRMB need stride 1 and an output the size of the input, got input ",
+                x.sizes(), " stride ", stride, " padding ", padding);
+    prepare_side(*side, s.o, s.c, true, xf.view({s.n, s.c, int64_t(s.h) * s.w}), "binary_conv2d_fused", &hold, &sb);
+  }
   if (s.n > 0)
     bc::binary_conv2d(s, xf.data_ptr<float>(), wb.data_ptr<int32_t>(), wz.defined() ? wz.data_ptr<int32_t>() : nullptr,
-                      a.data_ptr<float>(), b.data_ptr<float>(), y.data_ptr<float>(), torch_parallel_for());
+                      a.data_ptr<float>(), b.data_ptr<float>(), y.data_ptr<float>(), torch_parallel_for(),
+                      side ? &sb : nullptr);
   return x.scalar_type() == at::kFloat ? y : y.to(x.scalar_type());
 }
 
-at::Tensor binary_linear_cpu(const at::Tensor& x, const at::Tensor& wbits, const at::Tensor& alpha,
-                             const at::Tensor& bias, int64_t in_features, const c10::optional<at::Tensor>& wzero) {
+at::Tensor binary_conv2d_cpu(const at::Tensor& x, const at::Tensor& wbits, const at::Tensor& alpha,
+                             const at::Tensor& bias, at::IntArrayRef stride, at::IntArrayRef padding,
+                             int64_t in_channels, const OptTensor& wzero) {
+  return conv_impl(x, wbits, alpha, bias, stride, padding, in_channels, wzero, nullptr);
+}
+
+at::Tensor binary_conv2d_fused_cpu(const at::Tensor& x, const at::Tensor& wbits, const at::Tensor& alpha,
+                                   const at::Tensor& bias, at::IntArrayRef stride, at::IntArrayRef padding,
+                                   int64_t in_channels, const OptTensor& wzero, const OptTensor& rprelu,
+                                   const OptTensor& smb_rowptr, const OptTensor& smb_col, const OptTensor& smb_val,
+                                   const OptTensor& lr_down, const OptTensor& lr_up) {
+  const SideArgs side{rprelu, smb_rowptr, smb_col, smb_val, lr_down, lr_up};
+  return conv_impl(x, wbits, alpha, bias, stride, padding, in_channels, wzero, &side);
+}
+
+at::Tensor linear_impl(const at::Tensor& x, const at::Tensor& wbits, const at::Tensor& alpha, const at::Tensor& bias,
+                       int64_t in_features, const OptTensor& wzero, const SideArgs* side) {
   TORCH_CHECK(x.dim() >= 1, "binary_linear: x must have at least one dim");
   TORCH_CHECK(x.scalar_type() == at::kFloat || x.scalar_type() == at::kHalf,
               "binary_linear: x must be float32 or float16, got ", x.scalar_type());
@@ -101,10 +208,28 @@ at::Tensor binary_linear_cpu(const at::Tensor& x, const at::Tensor& wbits, const
   std::vector<int64_t> out_shape(x.sizes().begin(), x.sizes().end());
   out_shape.back() = s.o;
   at::Tensor y = at::empty(out_shape, xf.options());
+  SideHold hold;
+  bc::SideBranches sb;
+  if (side && side->any())
+    prepare_side(*side, s.o, s.k, false, xf.view({s.rows, int64_t(s.k)}), "binary_linear_fused", &hold, &sb);
   if (s.rows > 0)
     bc::binary_linear(s, xf.data_ptr<float>(), wb.data_ptr<int32_t>(), wz.defined() ? wz.data_ptr<int32_t>() : nullptr,
-                      a.data_ptr<float>(), b.data_ptr<float>(), y.data_ptr<float>(), torch_parallel_for());
+                      a.data_ptr<float>(), b.data_ptr<float>(), y.data_ptr<float>(), torch_parallel_for(),
+                      side ? &sb : nullptr);
   return x.scalar_type() == at::kFloat ? y : y.to(x.scalar_type());
+}
+
+at::Tensor binary_linear_cpu(const at::Tensor& x, const at::Tensor& wbits, const at::Tensor& alpha,
+                             const at::Tensor& bias, int64_t in_features, const OptTensor& wzero) {
+  return linear_impl(x, wbits, alpha, bias, in_features, wzero, nullptr);
+}
+
+at::Tensor binary_linear_fused_cpu(const at::Tensor& x, const at::Tensor& wbits, const at::Tensor& alpha,
+                                   const at::Tensor& bias, int64_t in_features, const OptTensor& wzero,
+                                   const OptTensor& smb_rowptr, const OptTensor& smb_col, const OptTensor& smb_val,
+                                   const OptTensor& lr_down, const OptTensor& lr_up) {
+  const SideArgs side{c10::nullopt, smb_rowptr, smb_col, smb_val, lr_down, lr_up};
+  return linear_impl(x, wbits, alpha, bias, in_features, wzero, &side);
 }
 
 std::string cpu_isa() { return bc::isa_name(bc::active_isa()); }
@@ -135,6 +260,17 @@ TORCH_LIBRARY(bimaco, m) {
       "binary_conv2d(Tensor x, Tensor wbits, Tensor alpha, Tensor bias, int[2] stride, int[4] padding, "
       "int in_channels, Tensor? wzero=None) -> Tensor");
   m.def("binary_linear(Tensor x, Tensor wbits, Tensor alpha, Tensor bias, int in_features, Tensor? wzero=None) -> Tensor");
+  // A whole BiMaCoSR binary layer: the contract op plus its side branches (RPReLU, SMB
+  // as CSR, LRMB as its two factors) fused into the GEMM epilogue. CPU only: the packed
+  // backend composes the contract op and torch ops elsewhere.
+  m.def(
+      "binary_conv2d_fused(Tensor x, Tensor wbits, Tensor alpha, Tensor bias, int[2] stride, int[4] padding, "
+      "int in_channels, Tensor? wzero=None, Tensor? rprelu=None, Tensor? smb_rowptr=None, Tensor? smb_col=None, "
+      "Tensor? smb_val=None, Tensor? lr_down=None, Tensor? lr_up=None) -> Tensor");
+  m.def(
+      "binary_linear_fused(Tensor x, Tensor wbits, Tensor alpha, Tensor bias, int in_features, Tensor? wzero=None, "
+      "Tensor? smb_rowptr=None, Tensor? smb_col=None, Tensor? smb_val=None, Tensor? lr_down=None, "
+      "Tensor? lr_up=None) -> Tensor");
   // Introspection and test hooks of the CPU kernels (no tensors: catch-all kernels).
   m.def("cpu_isa() -> str", &cpu_isa);
   m.def("cpu_available_isas() -> str", &cpu_available_isas);
@@ -144,4 +280,6 @@ TORCH_LIBRARY(bimaco, m) {
 TORCH_LIBRARY_IMPL(bimaco, CPU, m) {
   m.impl("binary_conv2d", &binary_conv2d_cpu);
   m.impl("binary_linear", &binary_linear_cpu);
+  m.impl("binary_conv2d_fused", &binary_conv2d_fused_cpu);
+  m.impl("binary_linear_fused", &binary_linear_fused_cpu);
 }

@@ -115,8 +115,9 @@ def test_pack_unet_holds_only_packed_weights_and_leaves_the_input_model_intact(t
         names = dict(m.named_buffers())
         assert "weight" not in names and not list(m.parameters())
         assert names["wbits"].dtype == torch.int32
-        if m.smb is not None:  # compact: nnz entries, never a dense Cout x Cin matrix
-            assert m.smb.values.dim() == 1 and m.smb.col.shape == m.smb.values.shape
+        if m.has_smb:  # compact: nnz entries, never a dense Cout x Cin matrix
+            assert m.smb_val.dim() == 1 and m.smb_col.shape == m.smb_val.shape
+            assert m.smb_rowptr.shape == (m.wbits.shape[0] + 1,)
     # the reference model is untouched
     assert all(isinstance(m, (BinaryConv2d, BinaryLinear)) for _, m in iter_binary_layers(tiny))
     report = memory_report(packed, sum(p.numel() for p in tiny.parameters()))
@@ -135,18 +136,33 @@ def test_packed_unet_matches_original_on_a_case_without_fragile_flips(tiny):
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float16])
-def test_sparse_branch_matches_reference_in_both_layouts(tiny, dtype):
-    """SMB via CSR matmul (float32) or gather/scatter (other dtypes) equals the reference branch."""
-    from bimaco_deploy.runtime.packed_torch import _SparseBranch
+def test_sparse_branch_table_reproduces_the_reference_branch_in_both_layouts(tiny, dtype):
+    """SMB from the packed CSR table equals the reference's index_add_ branch (duplicates summed)."""
+    from bimaco_deploy.runtime.packed_torch import _smb_csr
 
+    checked = 0
     for name, m in iter_binary_layers(tiny):
         if not m.has_smb or (isinstance(m, BinaryConv2d) and m.uses_avgpool_shortcut):
             continue
         conv = isinstance(m, BinaryConv2d)
         shape = (2, m.in_channels, 5, 3) if conv else (3, 4, m.in_features)
         x = torch.randn(shape)
-        dim = 1 if conv else -1
+        dim = 1 if conv else x.dim() - 1
         ref = m.skip_connection(x, channel_dim=dim)
-        got = _SparseBranch(m.skip_connection, channel_dim=dim)(x.to(dtype)).float()
+        got = torch_ops.smb_apply(x.to(dtype), *_smb_csr(m.skip_connection), dim=dim).float()
         tol = 1e-5 if dtype == torch.float32 else 2e-2
         torch.testing.assert_close(got, ref, rtol=tol, atol=tol * float(ref.abs().max()), msg=name)
+        checked += 1
+    assert checked > 0
+
+
+def test_packed_layer_on_the_torch_path_equals_the_fused_kernel(tiny, monkeypatch):
+    """Off CPU (or without the native library) the layer composes the contract op and torch side ops."""
+    io = np.load(_need("io.npz") / "io.npz")
+    packed = pack_unet(tiny)
+    args = [torch.from_numpy(io[k]) for k in ("case1_x", "case1_timesteps", "case1_lq")]
+    with torch.no_grad():
+        fused = packed(*args)
+        monkeypatch.setattr(torch_ops, "fused_native", lambda x: False)
+        composed = packed(*args)
+    torch.testing.assert_close(composed, fused, rtol=0, atol=1e-5)

@@ -1,0 +1,155 @@
+// Side-branch epilogue (SideBranches in binary_ops_cpu.h), included by one kernel file
+// per instruction set so that each copy is vectorised for that file's target. The
+// anonymous namespace keeps the copies apart: identical inline functions compiled for
+// different targets must not be merged by the linker.
+#pragma once
+
+#include <algorithm>
+#include <vector>
+
+#include "kernel_common.h"
+
+namespace bimaco {
+namespace cpu {
+namespace detail {
+namespace {
+
+// Register blocks of kBlock floats as four 8-float vectors (GCC/Clang vector extensions:
+// AVX registers in the AVX2 build, SSE pairs or NEON quads elsewhere), kept in registers
+// across the reduction loop; a runtime-length accumulator array would live in memory.
+constexpr int kBlock = 32;
+typedef float v8f __attribute__((vector_size(32), aligned(4)));  // aligned(4): unaligned loads OK
+
+inline v8f splat(float v) { return v8f{v, v, v, v, v, v, v, v}; }
+inline v8f load8(const float* p) { return *reinterpret_cast<const v8f*>(p); }
+inline void store8(float* p, v8f v) { *reinterpret_cast<v8f*>(p) = v; }
+
+// y[i] += sum_r w[r * w_stride] * t[r * t_stride + i], i < n.
+inline void add_lowrank(float* y, const float* w, int64_t w_stride, const float* t, int64_t t_stride, int rank,
+                        int n) {
+  int i = 0;
+  for (; i + kBlock <= n; i += kBlock) {
+    v8f a0 = splat(0.f), a1 = a0, a2 = a0, a3 = a0;
+    for (int r = 0; r < rank; ++r) {
+      const v8f b = splat(w[r * w_stride]);
+      const float* tr = t + r * t_stride + i;
+      a0 += b * load8(tr);
+      a1 += b * load8(tr + 8);
+      a2 += b * load8(tr + 16);
+      a3 += b * load8(tr + 24);
+    }
+    store8(y + i, load8(y + i) + a0);
+    store8(y + i + 8, load8(y + i + 8) + a1);
+    store8(y + i + 16, load8(y + i + 16) + a2);
+    store8(y + i + 24, load8(y + i + 24) + a3);
+  }
+  for (; i < n; ++i) {
+    float a = 0.f;
+    for (int r = 0; r < rank; ++r) a += w[r * w_stride] * t[r * t_stride + i];
+    y[i] += a;
+  }
+}
+
+// y[i] += sum_e val[e] * x[col[e] * x_stride + i] over entries [e0, e1), i < n.
+inline void add_sparse(float* y, const int32_t* col, const float* val, int e0, int e1, const float* x,
+                       int64_t x_stride, int n) {
+  int i = 0;
+  for (; i + kBlock <= n; i += kBlock) {
+    v8f a0 = splat(0.f), a1 = a0, a2 = a0, a3 = a0;
+    for (int e = e0; e < e1; ++e) {
+      const v8f v = splat(val[e]);
+      const float* xc = x + int64_t(col[e]) * x_stride + i;
+      a0 += v * load8(xc);
+      a1 += v * load8(xc + 8);
+      a2 += v * load8(xc + 16);
+      a3 += v * load8(xc + 24);
+    }
+    store8(y + i, load8(y + i) + a0);
+    store8(y + i + 8, load8(y + i + 8) + a1);
+    store8(y + i + 16, load8(y + i + 16) + a2);
+    store8(y + i + 24, load8(y + i + 24) + a3);
+  }
+  for (; i < n; ++i) {
+    float a = 0.f;
+    for (int e = e0; e < e1; ++e) a += val[e] * x[int64_t(col[e]) * x_stride + i];
+    y[i] += a;
+  }
+}
+
+// Conv layout: y[n][o][p], pixels contiguous; x[n][c][p] on the same pixel grid.
+inline void side_planes(const Gemm& g, const Tile& t) {
+  const SideBranches& s = *g.side;
+  const int o0 = t.ob0 * g.lanes, o1 = std::min(g.o, t.ob1 * g.lanes);
+  const int np = t.ow1 - t.ow0;
+  const int64_t hw = int64_t(g.ho) * g.wo;
+  const int64_t p0 = int64_t(t.oh) * g.wo + t.ow0;
+  const float* xn = g.x + int64_t(t.n) * g.c * hw + p0;
+  const float* tn = s.lr_t ? s.lr_t + int64_t(t.n) * s.rank * hw + p0 : nullptr;
+  for (int o = o0; o < o1; ++o) {
+    float* y = g.y + t.n * g.y_n_stride + int64_t(o) * g.y_o_stride + p0;
+    if (s.rp_b0) {
+      const float b0 = s.rp_b0[o], a = s.rp_slope[o], b1 = s.rp_b1[o];
+      // max(v, 0) + a * min(v, 0) is exactly "v > 0 ? v : a * v" for finite a, in a form
+      // the compiler vectorises (the select does not)
+      for (int i = 0; i < np; ++i) {
+        const float v = y[i] + b0;
+        y[i] = (std::max(v, 0.f) + a * std::min(v, 0.f)) + b1;
+      }
+    }
+    if (s.smb_rowptr) {
+      const int e0 = s.smb_rowptr[o], e1 = s.smb_rowptr[o + 1];
+      if (e0 < e1) {
+        add_sparse(y, s.smb_col, s.smb_val, e0, e1, xn, hw, np);
+      }
+    }
+    if (tn) {
+      const float* up = s.lr_up + int64_t(o) * s.rank;
+      add_lowrank(y, up, 1, tn, hw, s.rank, np);
+    }
+  }
+}
+
+// Linear layout: y[p][o], channels contiguous; x[p][c]. SMB runs over the tile group's
+// entries in wave order (Gemm::smb_wave_*): the j-th entry of every output before any
+// (j+1)-th, so consecutive updates hit different accumulators and each output still sums
+// its entries in CSR order.
+inline void side_rows(const Gemm& g, const Tile& t) {
+  const SideBranches& s = *g.side;
+  const int o_begin = t.ob0 * g.lanes, o_end = std::min(g.o, t.ob1 * g.lanes), no = o_end - o_begin;
+  thread_local std::vector<float> acc;
+  if (s.smb_rowptr && int(acc.size()) < no) acc.resize(size_t(no));
+  int k0 = 0, k1 = 0;
+  if (s.smb_rowptr) {
+    const int gi = t.ob0 / g.smb_wave_group_blocks;
+    k0 = g.smb_wave_start[gi];
+    k1 = g.smb_wave_start[gi + 1];
+  }
+  for (int ow = t.ow0; ow < t.ow1; ++ow) {
+    const int64_t p = int64_t(t.oh) * g.wo + ow;
+    float* y = g.y + t.n * g.y_n_stride + p * g.y_p_stride + o_begin;
+    if (s.lr_t) {
+      const float* tp = s.lr_t + p * s.rank;
+      const float* up = s.lr_up + o_begin;
+      add_lowrank(y, tp, 1, up, g.o, s.rank, no);
+    }
+    if (s.smb_rowptr) {
+      const float* xp = g.x + p * g.c;
+      float* a = acc.data();
+      for (int j = 0; j < no; ++j) a[j] = 0.f;
+      for (int k = k0; k < k1; ++k) a[g.smb_wave_o[k] - o_begin] += g.smb_wave_v[k] * xp[g.smb_wave_c[k]];
+      for (int j = 0; j < no; ++j) y[j] += a[j];
+    }
+  }
+}
+
+inline void side_tile(const Gemm& g, const Tile& t) {
+  if (g.row_major)
+    side_rows(g, t);
+  else
+    side_planes(g, t);
+}
+
+}  // namespace
+}  // namespace detail
+}  // namespace cpu
+}  // namespace bimaco

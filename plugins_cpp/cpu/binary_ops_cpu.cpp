@@ -72,12 +72,38 @@ int lanes_of(Isa isa) {
 
 using GemmFn = void (*)(const Gemm&, const Tile&);
 
+bool side_avx2(Isa isa) { return isa == Isa::kAvx2 || isa == Isa::kAvx512; }
+
 GemmFn side_of(Isa isa) {
 #if defined(__x86_64__) || defined(_M_X64)
-  if (isa == Isa::kAvx2 || isa == Isa::kAvx512) return detail::side_avx2;
+  if (side_avx2(isa)) return detail::side_avx2;
 #endif
   (void)isa;
   return detail::side_generic;
+}
+
+detail::DownPlanesFn down_planes_of(Isa isa) {
+#if defined(__x86_64__) || defined(_M_X64)
+  if (side_avx2(isa)) return detail::down_planes_avx2;
+#endif
+  (void)isa;
+  return detail::down_planes_generic;
+}
+
+detail::DownRowsFn down_rows_of(Isa isa) {
+#if defined(__x86_64__) || defined(_M_X64)
+  if (side_avx2(isa)) return detail::down_rows_avx2;
+#endif
+  (void)isa;
+  return detail::down_rows_generic;
+}
+
+// m [rows][cols] -> [cols][rows]
+std::vector<float> transposed(const float* m, int rows, int cols) {
+  std::vector<float> out(size_t(rows) * cols);
+  for (int i = 0; i < rows; ++i)
+    for (int j = 0; j < cols; ++j) out[size_t(j) * rows + i] = m[size_t(i) * cols + j];
+  return out;
 }
 
 GemmFn gemm_of(Isa isa) {
@@ -268,8 +294,8 @@ void check_side(const SideBranches& sb, bool conv, bool same_grid, const char* o
     throw std::invalid_argument(std::string(op) + ": RPReLU needs b0, slope and b1 (conv layers only)");
   if (sb.smb_rowptr && (!sb.smb_col || !sb.smb_val))
     throw std::invalid_argument(std::string(op) + ": SMB needs rowptr, col and val");
-  if (sb.lr_t && (!sb.lr_up || sb.rank <= 0))
-    throw std::invalid_argument(std::string(op) + ": LRMB needs t, up and a positive rank");
+  if (sb.lr_down && (!sb.lr_up || sb.rank <= 0))
+    throw std::invalid_argument(std::string(op) + ": LRMB needs down, up and a positive rank");
 }
 
 }  // namespace
@@ -367,11 +393,21 @@ void binary_conv2d(const ConvShape& s, const float* x, const int32_t* wbits, con
   const bool avx2_pack = packs_with_avx2(isa);
   const ParallelFor serial = [](int64_t n, const RangeFn& f) { if (n > 0) f(0, n); };
   const bool small = int64_t(s.n) * s.c * hw < 64 * 1024;  // see kInlineWork
+  const bool lowrank = side && side->lr_down;
+  const int rank = lowrank ? side->rank : 0;
+  std::vector<float> down_t, lr_t;
+  if (lowrank) {
+    down_t = transposed(side->lr_down, rank, s.c);  // [C][rank]: one contiguous load per channel
+    lr_t.resize(size_t(s.n) * rank * hw);
+  }
+  const detail::DownPlanesFn down = down_planes_of(isa);
   (small ? serial : pfor)(int64_t(s.n) * s.h, [&](int64_t b, int64_t e) {
     bool z = false;
     for (int64_t r = b; r < e; ++r) {
       const int64_t ni = r / s.h, hi = r % s.h;
       const float* src = x + ni * s.c * hw + hi * s.w;
+      // the row was just read for its signs: project it while it is in cache
+      if (lowrank) down(src, s.c, hw, s.w, rank, down_t.data(), &lr_t[size_t((ni * rank) * hw + hi * s.w)], hw);
       const int64_t pix = ni * img + (hi + s.pad_top) * wp + s.pad_left;
 #if defined(__x86_64__) || defined(_M_X64)
       if (avx2_pack) {
@@ -411,6 +447,7 @@ void binary_conv2d(const ConvShape& s, const float* x, const int32_t* wbits, con
   g.y_p_stride = 1;
   g.side = side;
   g.x = x;
+  g.lr_t = lowrank ? lr_t.data() : nullptr;
   run_tiles(isa, g, pfor);
 }
 
@@ -429,8 +466,14 @@ void binary_linear(const LinearShape& s, const float* x, const int32_t* wbits, c
   const bool avx2_pack = packs_with_avx2(isa);
   const int64_t nchunks = (s.rows + kPixelChunk - 1) / kPixelChunk;
   const ParallelFor serial = [](int64_t n, const RangeFn& f) { if (n > 0) f(0, n); };
+  const bool lowrank = side && side->lr_down;
+  const int rank = lowrank ? side->rank : 0;
+  std::vector<float> lr_t(lowrank ? size_t(s.rows) * rank : 0), up_t;
+  if (lowrank) up_t = transposed(side->lr_up, s.o, rank);  // [rank][O]: the epilogue runs along O
+  const detail::DownRowsFn down = down_rows_of(isa);
   (s.rows * s.k < 64 * 1024 ? serial : pfor)(nchunks, [&](int64_t b, int64_t e) {
     const int64_t r0 = b * kPixelChunk, r1 = std::min(s.rows, e * kPixelChunk);
+    if (lowrank) down(x + r0 * s.k, r1 - r0, s.k, rank, side->lr_down, &lr_t[size_t(r0 * rank)]);
     bool z;
 #if defined(__x86_64__) || defined(_M_X64)
     if (avx2_pack)
@@ -465,6 +508,8 @@ void binary_linear(const LinearShape& s, const float* x, const int32_t* wbits, c
   g.side = side;
   g.x = x;
   g.row_major = true;
+  g.lr_t = lowrank ? lr_t.data() : nullptr;
+  g.lr_up_t = lowrank ? up_t.data() : nullptr;
   run_tiles(isa, g, pfor);
 }
 

@@ -66,16 +66,15 @@ struct SideBranches {
   const int32_t* smb_rowptr = nullptr;
   const int32_t* smb_col = nullptr;
   const float* smb_val = nullptr;
-  // LRMB as its down projection already applied, lr_t = A x (rank values per pixel),
-  // and the up projection B, laid out so the epilogue's inner loop is contiguous:
-  //   conv:   lr_t [N][rank][H*W], lr_up [O][rank]
-  //   linear: lr_t [rows][rank],   lr_up [rank][O]   (B transposed)
+  // LRMB as its two factors: y += up (down x), rank values per pixel in between. The
+  // down projection runs inside the sign-packing pass, while the input row is in cache.
+  //   lr_down [rank][C], lr_up [O][rank]
   int rank = 0;
-  const float* lr_t = nullptr;
+  const float* lr_down = nullptr;
   const float* lr_up = nullptr;
 
-  bool empty() const { return !rp_b0 && !smb_rowptr && !lr_t; }
-  bool reads_input() const { return smb_rowptr || lr_t; }
+  bool empty() const { return !rp_b0 && !smb_rowptr && !lr_down; }
+  bool reads_input() const { return smb_rowptr || lr_down; }
 };
 
 // Y = BinaryConv2d(X, Wbits, alpha, bias). x: float32 NCHW contiguous; wbits (and the

@@ -49,6 +49,10 @@ struct Gemm {
   const float* smb_wave_v = nullptr;
   const int32_t* smb_wave_start = nullptr;
   int smb_wave_group_blocks = 1;
+  // LRMB's down projection, computed in the packing pass: conv [n][rank][p], linear
+  // [p][rank]; and, for the linear layout, lr_up transposed to [rank][o].
+  const float* lr_t = nullptr;
+  const float* lr_up_t = nullptr;
 
   // Index of the first padded input pixel read by output pixel (oh, ow).
   int64_t in_pixel(int oh, int ow) const { return int64_t(oh) * sh * wp + int64_t(ow) * sw; }
@@ -79,6 +83,16 @@ void gemm_neon(const Gemm& g, const Tile& t);
 // compiled for AVX2 (the compiler vectorises the contiguous inner loops).
 void side_generic(const Gemm& g, const Tile& t);
 void side_avx2(const Gemm& g, const Tile& t);
+// LRMB down projection in the packing pass. Planes (one conv image row of w pixels):
+// t[r * t_stride + i] = sum_c down_t[c * rank + r] * x[c * x_stride + i]. Rows (linear):
+// t[i * rank + r] = sum_c down[r * k + c] * x[i * k + c].
+using DownPlanesFn = void (*)(const float* x, int c, int64_t x_stride, int w, int rank, const float* down_t,
+                              float* t, int64_t t_stride);
+using DownRowsFn = void (*)(const float* x, int64_t rows, int k, int rank, const float* down, float* t);
+void down_planes_generic(const float*, int, int64_t, int, int, const float*, float*, int64_t);
+void down_planes_avx2(const float*, int, int64_t, int, int, const float*, float*, int64_t);
+void down_rows_generic(const float*, int64_t, int, int, const float*, float*);
+void down_rows_avx2(const float*, int64_t, int, int, const float*, float*);
 
 // Sign packing of one image row (NCHW input): writes words, zero words and scales of
 // the w pixels of row h into dst pointers (already offset to the first real pixel of

@@ -153,6 +153,13 @@ void gemm_impl(const Gemm& g, const Tile& t) {
 }  // namespace
 
 void side_avx2(const Gemm& g, const Tile& t) { side_tile(g, t); }
+void down_planes_avx2(const float* x, int c, int64_t x_stride, int w, int rank, const float* down_t, float* t,
+                        int64_t t_stride) {
+  down_planes(x, c, x_stride, w, rank, down_t, t, t_stride);
+}
+void down_rows_avx2(const float* x, int64_t rows, int k, int rank, const float* down, float* t) {
+  down_rows(x, rows, k, rank, down, t);
+}
 
 void gemm_avx2(const Gemm& g, const Tile& t) {
   if (g.wz) return gemm_impl<true, 0>(g, t);

@@ -13,6 +13,13 @@ namespace detail {
 void gemm_scalar(const Gemm& g, const Tile& t) { scalar_impl::gemm(g, t); }
 
 void side_generic(const Gemm& g, const Tile& t) { side_tile(g, t); }
+void down_planes_generic(const float* x, int c, int64_t x_stride, int w, int rank, const float* down_t, float* t,
+                        int64_t t_stride) {
+  down_planes(x, c, x_stride, w, rank, down_t, t, t_stride);
+}
+void down_rows_generic(const float* x, int64_t rows, int k, int rank, const float* down, float* t) {
+  down_rows(x, rows, k, rank, down, t);
+}
 
 bool pack_row_scalar(const float* x, int c, int64_t hw, int w, int words, uint32_t* bits,
                      uint32_t* zero, float* s) {

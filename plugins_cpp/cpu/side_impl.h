@@ -84,7 +84,7 @@ inline void side_planes(const Gemm& g, const Tile& t) {
   const int64_t hw = int64_t(g.ho) * g.wo;
   const int64_t p0 = int64_t(t.oh) * g.wo + t.ow0;
   const float* xn = g.x + int64_t(t.n) * g.c * hw + p0;
-  const float* tn = s.lr_t ? s.lr_t + int64_t(t.n) * s.rank * hw + p0 : nullptr;
+  const float* tn = g.lr_t ? g.lr_t + int64_t(t.n) * s.rank * hw + p0 : nullptr;
   for (int o = o0; o < o1; ++o) {
     float* y = g.y + t.n * g.y_n_stride + int64_t(o) * g.y_o_stride + p0;
     if (s.rp_b0) {
@@ -127,9 +127,9 @@ inline void side_rows(const Gemm& g, const Tile& t) {
   for (int ow = t.ow0; ow < t.ow1; ++ow) {
     const int64_t p = int64_t(t.oh) * g.wo + ow;
     float* y = g.y + t.n * g.y_n_stride + p * g.y_p_stride + o_begin;
-    if (s.lr_t) {
-      const float* tp = s.lr_t + p * s.rank;
-      const float* up = s.lr_up + o_begin;
+    if (g.lr_t) {
+      const float* tp = g.lr_t + p * s.rank;
+      const float* up = g.lr_up_t + o_begin;
       add_lowrank(y, tp, 1, up, g.o, s.rank, no);
     }
     if (s.smb_rowptr) {
@@ -138,6 +138,61 @@ inline void side_rows(const Gemm& g, const Tile& t) {
       for (int j = 0; j < no; ++j) a[j] = 0.f;
       for (int k = k0; k < k1; ++k) a[g.smb_wave_o[k] - o_begin] += g.smb_wave_v[k] * xp[g.smb_wave_c[k]];
       for (int j = 0; j < no; ++j) y[j] += a[j];
+    }
+  }
+}
+
+// Down projection of one conv image row; rank 8 (the model's) keeps one 8-pixel vector
+// per rank in registers over the whole channel loop.
+inline void down_planes(const float* x, int c, int64_t x_stride, int w, int rank, const float* down_t, float* t,
+                        int64_t t_stride) {
+  int i = 0;
+  if (rank == 8) {
+    for (; i + 8 <= w; i += 8) {
+      v8f a0 = splat(0.f), a1 = a0, a2 = a0, a3 = a0, a4 = a0, a5 = a0, a6 = a0, a7 = a0;
+      for (int ch = 0; ch < c; ++ch) {
+        const v8f xv = load8(x + ch * x_stride + i);
+        const float* d = down_t + ch * 8;
+        a0 += splat(d[0]) * xv;
+        a1 += splat(d[1]) * xv;
+        a2 += splat(d[2]) * xv;
+        a3 += splat(d[3]) * xv;
+        a4 += splat(d[4]) * xv;
+        a5 += splat(d[5]) * xv;
+        a6 += splat(d[6]) * xv;
+        a7 += splat(d[7]) * xv;
+      }
+      store8(t + i, a0);
+      store8(t + t_stride + i, a1);
+      store8(t + 2 * t_stride + i, a2);
+      store8(t + 3 * t_stride + i, a3);
+      store8(t + 4 * t_stride + i, a4);
+      store8(t + 5 * t_stride + i, a5);
+      store8(t + 6 * t_stride + i, a6);
+      store8(t + 7 * t_stride + i, a7);
+    }
+  }
+  for (; i < w; ++i) {
+    for (int r = 0; r < rank; ++r) {
+      float a = 0.f;
+      for (int ch = 0; ch < c; ++ch) a += down_t[ch * rank + r] * x[ch * x_stride + i];
+      t[r * t_stride + i] = a;
+    }
+  }
+}
+
+// Down projection of linear rows: rank dot products of length k per row.
+inline void down_rows(const float* x, int64_t rows, int k, int rank, const float* down, float* t) {
+  for (int64_t i = 0; i < rows; ++i) {
+    const float* xr = x + i * k;
+    for (int r = 0; r < rank; ++r) {
+      const float* d = down + int64_t(r) * k;
+      v8f a = splat(0.f);
+      int ch = 0;
+      for (; ch + 8 <= k; ch += 8) a += load8(d + ch) * load8(xr + ch);
+      float sum = ((a[0] + a[1]) + (a[2] + a[3])) + ((a[4] + a[5]) + (a[6] + a[7]));
+      for (; ch < k; ++ch) sum += d[ch] * xr[ch];
+      t[i * rank + r] = sum;
     }
   }
 }

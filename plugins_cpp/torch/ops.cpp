@@ -50,7 +50,7 @@ struct SideArgs {
 
 // Tensors that must outlive the kernel call (contiguous copies, LRMB's A x).
 struct SideHold {
-  at::Tensor rprelu, rowptr, col, val, t, up;
+  at::Tensor rprelu, rowptr, col, val, down, up;
 };
 
 void check_float(const at::Tensor& t, at::IntArrayRef shape, const char* op, const char* name) {
@@ -59,9 +59,9 @@ void check_float(const at::Tensor& t, at::IntArrayRef shape, const char* op, con
 }
 
 // Validates the side-branch tensors against the layer (o outputs, c inputs) and fills
-// `sb`. `xrows` is the float32 input as [N, C, P] (conv) or [rows, C] (linear).
-void prepare_side(const SideArgs& a, int64_t o, int64_t c, bool conv, const at::Tensor& xrows, const char* op,
-                  SideHold* h, bc::SideBranches* sb) {
+// `sb`; `h` keeps the contiguous tensors alive for the call.
+void prepare_side(const SideArgs& a, int64_t o, int64_t c, bool conv, const char* op, SideHold* h,
+                  bc::SideBranches* sb) {
   if (a.rprelu) {
     TORCH_CHECK(conv, op, ": RPReLU belongs to conv layers");
     check_float(*a.rprelu, {3, o}, op, "rprelu (rows b0, slope, b1)");
@@ -104,20 +104,10 @@ void prepare_side(const SideArgs& a, int64_t o, int64_t c, bool conv, const at::
     check_float(*a.lr_down, {r, c}, op, "lr_down [rank, in]");
     check_float(*a.lr_up, {o, r}, op, "lr_up [out, rank]");
     TORCH_CHECK(r > 0, op, ": LRMB rank must be positive");
-    // the down projection is a skinny GEMM that BLAS does well; the epilogue adds B t
-    if (conv) {  // [N, r, P]; at::mm per image avoids matmul's broadcasting bmm
-      const at::Tensor down = a.lr_down->contiguous();
-      h->t = at::empty({xrows.size(0), r, xrows.size(2)}, xrows.options());
-      for (int64_t i = 0; i < xrows.size(0); ++i) {
-        at::Tensor ti = h->t[i];
-        at::mm_out(ti, down, xrows[i]);
-      }
-    } else {
-      h->t = at::mm(xrows, a.lr_down->t());  // [rows, r]
-    }
-    h->up = conv ? a.lr_up->contiguous() : a.lr_up->t().contiguous();
+    h->down = a.lr_down->contiguous();
+    h->up = a.lr_up->contiguous();
     sb->rank = int(r);
-    sb->lr_t = h->t.data_ptr<float>();
+    sb->lr_down = h->down.data_ptr<float>();
     sb->lr_up = h->up.data_ptr<float>();
   }
 }
@@ -164,7 +154,7 @@ at::Tensor conv_impl(const at::Tensor& x, const at::Tensor& wbits, const at::Ten
                     (s.stride_h == 1 && s.stride_w == 1 && s.out_h() == s.h && s.out_w() == s.w),
                 "binary_conv2d_fused: SMB/LRMB need stride 1 and an output the size of the input, got input ",
                 x.sizes(), " stride ", stride, " padding ", padding);
-    prepare_side(*side, s.o, s.c, true, xf.view({s.n, s.c, int64_t(s.h) * s.w}), "binary_conv2d_fused", &hold, &sb);
+    prepare_side(*side, s.o, s.c, true, "binary_conv2d_fused", &hold, &sb);
   }
   if (s.n > 0)
     bc::binary_conv2d(s, xf.data_ptr<float>(), wb.data_ptr<int32_t>(), wz.defined() ? wz.data_ptr<int32_t>() : nullptr,
@@ -211,7 +201,7 @@ at::Tensor linear_impl(const at::Tensor& x, const at::Tensor& wbits, const at::T
   SideHold hold;
   bc::SideBranches sb;
   if (side && side->any())
-    prepare_side(*side, s.o, s.k, false, xf.view({s.rows, int64_t(s.k)}), "binary_linear_fused", &hold, &sb);
+    prepare_side(*side, s.o, s.k, false, "binary_linear_fused", &hold, &sb);
   if (s.rows > 0)
     bc::binary_linear(s, xf.data_ptr<float>(), wb.data_ptr<int32_t>(), wz.defined() ? wz.data_ptr<int32_t>() : nullptr,
                       a.data_ptr<float>(), b.data_ptr<float>(), y.data_ptr<float>(), torch_parallel_for(),

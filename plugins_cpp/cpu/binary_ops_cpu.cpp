@@ -203,52 +203,10 @@ void prepare(Isa isa, int o, int taps, int words, int c, const int32_t* wbits, c
   g->bias = p->bias.data();
 }
 
-// Linear SMB entries regrouped per tile group and, inside a group, in wave order: first
-// every output's first entry, then every output's second, ... (see side_rows).
-struct SmbWaves {
-  std::vector<int32_t> o, c, start;
-  std::vector<float> v;
-};
-
-void build_smb_waves(const SideBranches& sb, int o, int lanes, int group_blocks, SmbWaves* w) {
-  const int group_ch = group_blocks * lanes;
-  const int ngroups = (o + group_ch - 1) / group_ch;
-  const int nnz = sb.smb_rowptr[o];
-  w->o.reserve(size_t(nnz));
-  w->c.reserve(size_t(nnz));
-  w->v.reserve(size_t(nnz));
-  w->start.assign(size_t(ngroups) + 1, 0);
-  for (int gi = 0; gi < ngroups; ++gi) {
-    const int o0 = gi * group_ch, o1 = std::min(o, o0 + group_ch);
-    int longest = 0;
-    for (int oc = o0; oc < o1; ++oc) longest = std::max(longest, sb.smb_rowptr[oc + 1] - sb.smb_rowptr[oc]);
-    for (int j = 0; j < longest; ++j) {
-      for (int oc = o0; oc < o1; ++oc) {
-        const int e = sb.smb_rowptr[oc] + j;
-        if (e >= sb.smb_rowptr[oc + 1]) continue;
-        w->o.push_back(oc);
-        w->c.push_back(sb.smb_col[e]);
-        w->v.push_back(sb.smb_val[e]);
-      }
-    }
-    w->start[size_t(gi) + 1] = int32_t(w->o.size());
-  }
-}
-
-void run_tiles(Isa isa, const Gemm& g_in, const ParallelFor& pfor) {
-  Gemm g = g_in;
+void run_tiles(Isa isa, const Gemm& g, const ParallelFor& pfor) {
   const int nob = g.o_pad / g.lanes;
   const int64_t ob_bytes = int64_t(g.taps) * g.words * g.lanes * 4;
   const int group = int(std::max<int64_t>(1, std::min<int64_t>(nob, weight_block_bytes() / ob_bytes)));
-  SmbWaves waves;
-  if (g.side && g.row_major && g.side->smb_rowptr) {
-    build_smb_waves(*g.side, g.o, g.lanes, group, &waves);
-    g.smb_wave_o = waves.o.data();
-    g.smb_wave_c = waves.c.data();
-    g.smb_wave_v = waves.v.data();
-    g.smb_wave_start = waves.start.data();
-    g.smb_wave_group_blocks = group;
-  }
   const int ngroups = (nob + group - 1) / group;
   const int nchunks = (g.wo + kPixelChunk - 1) / kPixelChunk;
   const int64_t rows = int64_t(g.n) * g.ho * nchunks;

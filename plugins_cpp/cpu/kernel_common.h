@@ -42,13 +42,6 @@ struct Gemm {
   const SideBranches* side = nullptr;
   const float* x = nullptr;
   bool row_major = false;  // linear: y[p][o] and x[p][c]; else conv planes y[n][o][p]
-  // Linear SMB in wave order (built per call by the dispatcher): entries of tile group gi
-  // (groups of smb_wave_group_blocks channel blocks) are [smb_wave_start[gi], [gi + 1]).
-  const int32_t* smb_wave_o = nullptr;
-  const int32_t* smb_wave_c = nullptr;
-  const float* smb_wave_v = nullptr;
-  const int32_t* smb_wave_start = nullptr;
-  int smb_wave_group_blocks = 1;
   // LRMB's down projection, computed in the packing pass: conv [n][rank][p], linear
   // [p][rank]; and, for the linear layout, lr_up transposed to [rank][o].
   const float* lr_t = nullptr;

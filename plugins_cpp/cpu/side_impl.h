@@ -109,36 +109,35 @@ inline void side_planes(const Gemm& g, const Tile& t) {
   }
 }
 
-// Linear layout: y[p][o], channels contiguous; x[p][c]. SMB runs over the tile group's
-// entries in wave order (Gemm::smb_wave_*): the j-th entry of every output before any
-// (j+1)-th, so consecutive updates hit different accumulators and each output still sums
-// its entries in CSR order.
+// Linear layout: y[p][o], channels contiguous; x[p][c]. LRMB runs along each row's
+// channels. SMB then works on the tile transposed: with x as [c][row], every entry is a
+// vector multiply-add across the tile's rows (as in the conv layout) instead of one
+// scalar gather per row.
 inline void side_rows(const Gemm& g, const Tile& t) {
   const SideBranches& s = *g.side;
   const int o_begin = t.ob0 * g.lanes, o_end = std::min(g.o, t.ob1 * g.lanes), no = o_end - o_begin;
-  thread_local std::vector<float> acc;
-  if (s.smb_rowptr && int(acc.size()) < no) acc.resize(size_t(no));
-  int k0 = 0, k1 = 0;
-  if (s.smb_rowptr) {
-    const int gi = t.ob0 / g.smb_wave_group_blocks;
-    k0 = g.smb_wave_start[gi];
-    k1 = g.smb_wave_start[gi + 1];
+  const int np = t.ow1 - t.ow0;
+  const int64_t p0 = int64_t(t.oh) * g.wo + t.ow0;
+  float* y0 = g.y + t.n * g.y_n_stride + p0 * g.y_p_stride;
+  if (g.lr_t) {
+    for (int i = 0; i < np; ++i)
+      add_lowrank(y0 + i * g.y_p_stride + o_begin, g.lr_t + (p0 + i) * s.rank, 1, g.lr_up_t + o_begin, g.o, s.rank,
+                  no);
   }
-  for (int ow = t.ow0; ow < t.ow1; ++ow) {
-    const int64_t p = int64_t(t.oh) * g.wo + ow;
-    float* y = g.y + t.n * g.y_n_stride + p * g.y_p_stride + o_begin;
-    if (g.lr_t) {
-      const float* tp = g.lr_t + p * s.rank;
-      const float* up = g.lr_up_t + o_begin;
-      add_lowrank(y, tp, 1, up, g.o, s.rank, no);
-    }
-    if (s.smb_rowptr) {
-      const float* xp = g.x + p * g.c;
-      float* a = acc.data();
-      for (int j = 0; j < no; ++j) a[j] = 0.f;
-      for (int k = k0; k < k1; ++k) a[g.smb_wave_o[k] - o_begin] += g.smb_wave_v[k] * xp[g.smb_wave_c[k]];
-      for (int j = 0; j < no; ++j) y[j] += a[j];
-    }
+  if (!s.smb_rowptr) return;
+  thread_local std::vector<float> xt;  // [c][kPixelChunk]
+  xt.resize(size_t(g.c) * kPixelChunk);
+  const float* x0 = g.x + p0 * g.c;
+  for (int i = 0; i < np; ++i)
+    for (int c = 0; c < g.c; ++c) xt[size_t(c) * kPixelChunk + i] = x0[int64_t(i) * g.c + c];
+  float a[kPixelChunk];
+  for (int o = o_begin; o < o_end; ++o) {
+    const int e0 = s.smb_rowptr[o], e1 = s.smb_rowptr[o + 1];
+    if (e0 == e1) continue;  // adds 0
+    for (int i = 0; i < np; ++i) a[i] = 0.f;
+    add_sparse(a, s.smb_col, s.smb_val, e0, e1, xt.data(), kPixelChunk, np);
+    float* yo = y0 + o;
+    for (int i = 0; i < np; ++i) yo[i * g.y_p_stride] += a[i];
   }
 }
 

@@ -277,7 +277,7 @@ class SideBranches(NamedTuple):
     """The full-precision side branches of one BiMaCoSR binary layer, in op form.
 
     ``rprelu`` float32 [3, O] (rows b0, slope, b1; conv layers only); SMB as CSR over
-    output channels: ``smb_rowptr`` int32 [O + 1], ``smb_col`` int32 [nnz] (input
+    output channels: ``smb_rowptr`` int32 [O + 1], ``smb_col`` int16 [nnz] (input
     channel), ``smb_val`` float32 [nnz]; LRMB as ``lr_down`` float32 [r, C] (applied
     first) and ``lr_up`` float32 [O, r]. Any of them may be None.
     """

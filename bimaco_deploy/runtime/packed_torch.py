@@ -7,7 +7,8 @@
   bias and, only if scattered exact-zero weights exist, the zero mask;
 * RPReLU as one [3, O] table (b0, slope, b1);
 * LRMB as its two small factors (rank r);
-* SMB as a CSR table of its ``nnz`` values (int32 indices), never a dense Cout x Cin matrix;
+* SMB as a CSR table of its ``nnz`` values (int16 input-channel indices), never a dense
+  Cout x Cin matrix;
 * the stride-2 same-width layers keep their average-pool shortcut and carry no SMB/LRMB.
 
 A layer runs as one ``torch.ops.bimaco.binary_*_fused`` call on CPU: the XNOR-popcount
@@ -41,7 +42,7 @@ def _f32(t: torch.Tensor) -> torch.Tensor:
 
 
 def _smb_csr(branch: nn.Module) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """SMB as CSR over output channels: (rowptr int32 [O+1], col int32 [nnz], val float32 [nnz]).
+    """SMB as CSR over output channels: (rowptr int32 [O+1], col int16 [nnz], val float32 [nnz]).
 
     Entries are sorted by (output, input) channel and duplicates summed, as the
     reference's ``index_add_`` sums them.
@@ -52,7 +53,9 @@ def _smb_csr(branch: nn.Module) -> Tuple[torch.Tensor, torch.Tensor, torch.Tenso
     val = torch.zeros(keys.numel(), dtype=torch.float32).index_add_(0, inverse, _f32(branch.values))
     rowptr = torch.zeros(o + 1, dtype=torch.int64)
     rowptr[1:] = torch.bincount(keys // c, minlength=o).cumsum(0)
-    return rowptr.to(torch.int32), (keys % c).to(torch.int32), val
+    if c > torch.iinfo(torch.int16).max:
+        raise CheckpointError(f"SMB over {c} input channels: more than the int16 column table holds")
+    return rowptr.to(torch.int32), (keys % c).to(torch.int16), val
 
 
 class _PackedBinary(nn.Module):

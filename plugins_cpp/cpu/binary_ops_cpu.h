@@ -62,9 +62,10 @@ struct SideBranches {
   const float* rp_slope = nullptr;
   const float* rp_b1 = nullptr;
   // SMB as CSR over output channels: entries rowptr[o] .. rowptr[o+1] - 1 of col (input
-  // channel, int32) and val: out[o] = sum val * x[col]. rowptr [O + 1], nondecreasing.
+  // channel, int16: channel counts stay far below 32768, and nnz-sized arrays dominate
+  // the table) and val: out[o] = sum val * x[col]. rowptr [O + 1], nondecreasing.
   const int32_t* smb_rowptr = nullptr;
-  const int32_t* smb_col = nullptr;
+  const int16_t* smb_col = nullptr;
   const float* smb_val = nullptr;
   // LRMB as its two factors: y += up (down x), rank values per pixel in between. The
   // down projection runs inside the sign-packing pass, while the input row is in cache.

@@ -51,7 +51,7 @@ inline void add_lowrank(float* y, const float* w, int64_t w_stride, const float*
 }
 
 // y[i] += sum_e val[e] * x[col[e] * x_stride + i] over entries [e0, e1), i < n.
-inline void add_sparse(float* y, const int32_t* col, const float* val, int e0, int e1, const float* x,
+inline void add_sparse(float* y, const int16_t* col, const float* val, int e0, int e1, const float* x,
                        int64_t x_stride, int n) {
   int i = 0;
   for (; i + kBlock <= n; i += kBlock) {

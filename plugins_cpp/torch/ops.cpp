@@ -78,7 +78,7 @@ void prepare_side(const SideArgs& a, int64_t o, int64_t c, bool conv, const char
                 op, ": smb_rowptr must be int32 [", o + 1, "], got ", a.smb_rowptr->scalar_type(), " ",
                 a.smb_rowptr->sizes());
     const int64_t nnz = a.smb_col->numel();
-    TORCH_CHECK(a.smb_col->scalar_type() == at::kInt && a.smb_col->dim() == 1, op, ": smb_col must be int32 [nnz], got ",
+    TORCH_CHECK(a.smb_col->scalar_type() == at::kShort && a.smb_col->dim() == 1, op, ": smb_col must be int16 [nnz], got ",
                 a.smb_col->scalar_type(), " ", a.smb_col->sizes());
     check_float(*a.smb_val, {nnz}, op, "smb_val");
     h->rowptr = a.smb_rowptr->contiguous();
@@ -90,7 +90,7 @@ void prepare_side(const SideArgs& a, int64_t o, int64_t c, bool conv, const char
                 " .. ", rp[o]);
     for (int64_t i = 0; i < o; ++i)
       TORCH_CHECK(rp[i] <= rp[i + 1], op, ": smb_rowptr decreases at output ", i);
-    const int32_t* cp = h->col.data_ptr<int32_t>();
+    const int16_t* cp = h->col.data_ptr<int16_t>();
     for (int64_t e = 0; e < nnz; ++e)
       TORCH_CHECK(cp[e] >= 0 && cp[e] < c, op, ": smb_col[", e, "] = ", cp[e], " is not an input channel (0..",
                   c - 1, ")");

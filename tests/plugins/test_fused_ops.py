@@ -55,7 +55,7 @@ def _side(o: int, c: int, rng: np.random.Generator, rprelu: bool, smb: bool, ran
         nnz = 2 * max(o, c)
         rows = np.sort(rng.integers(0, o, nnz))
         rowptr = torch.from_numpy(np.concatenate([[0], np.cumsum(np.bincount(rows, minlength=o))]).astype(np.int32))
-        col = torch.from_numpy(rng.integers(0, c, nnz).astype(np.int32))
+        col = torch.from_numpy(rng.integers(0, c, nnz).astype(np.int16))
         val = f32(nnz)
     down, up = (f32(rank, c), f32(o, rank)) if rank else (None, None)
     return torch_ops.SideBranches(rp, rowptr, col, val, down, up)
@@ -160,7 +160,8 @@ def test_fused_conv_refuses_side_branches_that_cannot_align_with_the_output():
     "change, message",
     [
         (dict(smb_rowptr=torch.zeros(8, dtype=torch.int32)), r"smb_rowptr must be int32 \[9\]"),
-        (dict(smb_col=torch.full((32,), 16, dtype=torch.int32)), r"smb_col\[0\] = 16 is not an input channel"),
+        (dict(smb_col=torch.full((32,), 16, dtype=torch.int16)), r"smb_col\[0\] = 16 is not an input channel"),
+        (dict(smb_col=torch.zeros(32, dtype=torch.int32)), r"smb_col must be int16 \[nnz\]"),
         (dict(smb_val=torch.zeros(5)), "smb_val must be float32"),
         (dict(smb_col=None), "SMB needs smb_rowptr, smb_col and smb_val"),
         (dict(lr_up=torch.zeros(8, 3)), r"lr_up \[out, rank\] must be float32"),

@@ -166,3 +166,14 @@ def test_packed_layer_on_the_torch_path_equals_the_fused_kernel(tiny, monkeypatc
         monkeypatch.setattr(torch_ops, "fused_native", lambda x: False)
         composed = packed(*args)
     torch.testing.assert_close(composed, fused, rtol=0, atol=1e-5)
+
+
+@pytest.mark.slow
+def test_published_config_packed_weights_are_at_least_20x_below_the_float_model():
+    """The kernels issue's memory target, measured on the published config (random weights)."""
+    from bimaco_deploy.models import load_config
+    from bimaco_deploy.models.inventory import float_param_count
+
+    packed = pack_unet(load_unet("bimacosr"), inplace=True)
+    report = memory_report(packed, float_param_count(load_config("bimacosr")))
+    assert report["compression"] >= 20.0, report

@@ -82,20 +82,13 @@ def split_binary_layers(model, args, repeats: int = 3) -> Dict[str, float]:
     alone (binary GEMM + bias) and once whole; the difference is what RPReLU, SMB, LRMB
     (and the average-pool shortcut) cost. Medians of ``repeats`` calls, summed over layers.
     """
+    from bimaco_deploy.models.probes import capture_binary_inputs
     from bimaco_deploy.runtime.packed_torch import PACKED_TYPES, PackedBinaryConv2d
 
-    inputs = {}
-
-    def record(mod, inp, out) -> None:  # a hook returning a value would replace the output
-        inputs.setdefault(mod, inp[0])
-
-    hooks = [m.register_forward_hook(record) for m in model.modules() if isinstance(m, PACKED_TYPES)]
-    try:
-        with torch.no_grad():
-            model(*args)
-    finally:
-        for h in hooks:
-            h.remove()
+    layers = [(n, m) for n, m in model.named_modules() if isinstance(m, PACKED_TYPES)]
+    with torch.no_grad(), capture_binary_inputs(model, layers=layers) as captured:
+        model(*args)
+    inputs = {m: captured[n] for n, m in layers}
 
     def median_ms(fn) -> float:
         fn()

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import contextlib
 from dataclasses import dataclass
-from typing import Callable, Dict, Iterator, List, Optional, Tuple
+from typing import Callable, Dict, Iterable, Iterator, List, Optional, Tuple
 
 import numpy as np
 import torch
@@ -20,10 +20,16 @@ from .unet import iter_binary_layers
 
 
 @contextlib.contextmanager
-def capture_binary_inputs(model: nn.Module, first_call_only: bool = True) -> Iterator[Dict[str, torch.Tensor]]:
+def capture_binary_inputs(
+    model: nn.Module,
+    first_call_only: bool = True,
+    layers: Optional[Iterable[Tuple[str, nn.Module]]] = None,
+) -> Iterator[Dict[str, torch.Tensor]]:
     """Record the input of every binary layer during the forwards run inside the block.
 
     Yields a dict {layer name: input tensor (detached clone)} filled in execution order.
+    ``layers`` (name, module) pairs replace the default, the model's reference binary
+    layers (e.g. the packed layers of :func:`bimaco_deploy.runtime.packed_torch.pack_unet`).
     """
     captured: Dict[str, torch.Tensor] = {}
     handles = []
@@ -36,7 +42,7 @@ def capture_binary_inputs(model: nn.Module, first_call_only: bool = True) -> Ite
 
         return hook
 
-    for name, layer in iter_binary_layers(model):
+    for name, layer in iter_binary_layers(model) if layers is None else layers:
         handles.append(layer.register_forward_pre_hook(make_hook(name)))
     try:
         yield captured

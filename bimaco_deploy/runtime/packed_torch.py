@@ -228,8 +228,6 @@ def memory_report(packed: nn.Module, float_params: Optional[int] = None) -> Dict
     for m in packed.modules():
         if isinstance(m, PACKED_TYPES):
             for name, b in m.named_buffers(recurse=True):
-                if b is None:
-                    continue
                 nbytes = b.numel() * b.element_size()
                 if name in ("wbits", "wzero"):
                     binary_words += nbytes

@@ -90,12 +90,12 @@ detail::DownPlanesFn down_planes_of(Isa isa) {
   return detail::down_planes_generic;
 }
 
-detail::DownRowsFn down_rows_of(Isa isa) {
+detail::TransposeFn transpose_of(Isa isa) {
 #if defined(__x86_64__) || defined(_M_X64)
-  if (side_avx2(isa)) return detail::down_rows_avx2;
+  if (side_avx2(isa)) return detail::transpose_avx2;
 #endif
   (void)isa;
-  return detail::down_rows_generic;
+  return detail::transpose_generic;
 }
 
 // m [rows][cols] -> [cols][rows]
@@ -203,6 +203,28 @@ void prepare(Isa isa, int o, int taps, int words, int c, const int32_t* wbits, c
   g->bias = p->bias.data();
 }
 
+// Copies `rows` rows of `cols` floats between a strided and a dense layout (channel
+// planes <-> a chunk's [C][64] buffer). The planes are a page or more apart, where the
+// hardware prefetchers do not follow, so the rows kAhead ahead are prefetched by hand.
+constexpr int kAhead = 8;
+void copy_rows(const float* src, int64_t src_stride, float* dst, int64_t dst_stride, int rows, int cols,
+               bool prefetch_src) {
+  const size_t bytes = sizeof(float) * size_t(cols);
+  for (int r = 0; r < rows; ++r) {
+    if (r + kAhead < rows) {
+      const char* a = reinterpret_cast<const char*>(prefetch_src ? src + (r + kAhead) * src_stride
+                                                                 : dst + (r + kAhead) * dst_stride);
+      for (size_t off = 0; off < bytes; off += 64) {
+        if (prefetch_src)
+          __builtin_prefetch(a + off, 0);
+        else
+          __builtin_prefetch(a + off, 1);
+      }
+    }
+    std::memcpy(dst + r * dst_stride, src + r * src_stride, bytes);
+  }
+}
+
 void run_tiles(Isa isa, const Gemm& g, const ParallelFor& pfor) {
   const int nob = g.o_pad / g.lanes;
   const int64_t ob_bytes = int64_t(g.taps) * g.words * g.lanes * 4;
@@ -236,8 +258,27 @@ void run_tiles(Isa isa, const Gemm& g, const ParallelFor& pfor) {
       t.ow1 = std::min(g.wo, t.ow0 + kPixelChunk);
       t.ob0 = gi * group;
       t.ob1 = std::min(nob, t.ob0 + group);
-      fn(g, t);
-      if (side) side(g, t);
+      if (!side) {
+        fn(g, t);
+        continue;
+      }
+      // The epilogue re-reads the tile per output channel; in Y those rows are a channel
+      // plane apart (16 KiB at 64x64, the same cache sets): finish the tile in a dense
+      // buffer, then copy it out once.
+      thread_local std::vector<float> tile;
+      tile.resize(size_t(g.o_pad) * kPixelChunk);
+      const int64_t p0 = int64_t(t.oh) * g.wo + t.ow0;
+      Gemm gt = g;
+      gt.y = tile.data();
+      gt.y_p0 = p0;
+      gt.y_n_stride = 0;
+      gt.y_o_stride = kPixelChunk;
+      gt.y_p_stride = 1;
+      fn(gt, t);
+      side(gt, t);
+      const int o0 = t.ob0 * g.lanes, o1 = std::min(g.o, t.ob1 * g.lanes);
+      copy_rows(&tile[size_t(o0) * kPixelChunk], kPixelChunk, g.y_at(t.n, p0, o0), g.y_o_stride, o1 - o0,
+                t.ow1 - t.ow0, false);
     }
   });
 }
@@ -254,6 +295,119 @@ void check_side(const SideBranches& sb, bool conv, bool same_grid, const char* o
     throw std::invalid_argument(std::string(op) + ": SMB needs rowptr, col and val");
   if (sb.lr_down && (!sb.lr_up || sb.rank <= 0))
     throw std::invalid_argument(std::string(op) + ": LRMB needs down, up and a positive rank");
+}
+
+// Sign packing of one image row / strip through the ISA's packer (see kernel_common.h).
+bool pack_planes(Isa isa, const float* x, int c, int64_t stride, int w, int words, uint32_t* bits, uint32_t* zero,
+                 float* s) {
+#if defined(__x86_64__) || defined(_M_X64)
+  if (packs_with_avx2(isa)) return detail::pack_row_avx2(x, c, stride, w, words, bits, zero, s);
+#endif
+  (void)isa;
+  return detail::pack_row_scalar(x, c, stride, w, words, bits, zero, s);
+}
+
+// A GEMM over pixels: n images of hw pixels, c input and o output channels, with X and Y
+// either planar ([n][c][hw], [n][o][hw]: a 1x1, stride-1, unpadded conv) or as rows
+// ([n * hw][c], [n * hw][o]: a linear layer).
+struct Pointwise {
+  int n = 0;
+  int64_t hw = 0;
+  int c = 0, o = 0;
+  bool rows = false;
+};
+
+// The GEMM over pixels, one chunk of 64 pixels per work item. Each item first gathers its
+// chunk of X into a dense planar [C][64] buffer, and from then on everything of that
+// chunk stays in L1/L2: sign packing, LRMB's down projection, the GEMM into a planar
+// [O][64] output tile, the side-branch epilogue on that tile, and one copy (or transpose)
+// of the finished tile into Y. Why: at the model's 64x64 latent a channel plane is 16 KiB,
+// so one chunk's planes all fall into the same few cache sets, and reading them strided
+// three times (pack, project, SMB) missed to L3 every time; a linear layer's output rows
+// are as bad for the epilogue, which works per output channel.
+// `g` is fully prepared except for the activations; `wz_any` is the repacked zero mask
+// for chunks whose activations hold exact zeros.
+void run_pointwise(Isa isa, const Pointwise& s, const float* x, float* y, Gemm g, const uint32_t* wz_any,
+                   const float* down_t, const ParallelFor& pfor) {
+  const int64_t hw = s.hw;
+  const int words = num_words(s.c), c = s.c, o = s.o;
+  const int rank = g.side && g.side->lr_down ? g.side->rank : 0;
+  std::vector<uint32_t> xbits(size_t(s.n * hw * words)), xzero(size_t(s.n * hw * words));
+  std::vector<float> xs(size_t(s.n * hw));
+  g.n = s.n;
+  g.ho = 1;  // each image is one row of hw pixels
+  g.wo = int(hw);
+  g.wp = hw;
+  g.img_pixels = hw;
+  g.xbits = xbits.data();
+  g.xs = xs.data();
+  const int nob = g.o_pad / g.lanes;
+  const int64_t ob_bytes = int64_t(g.words) * g.lanes * 4;
+  const int group = int(std::max<int64_t>(1, std::min<int64_t>(nob, weight_block_bytes() / ob_bytes)));
+  const GemmFn fn = gemm_of(isa);
+  const GemmFn side = g.side ? side_of(isa) : nullptr;
+  const detail::DownPlanesFn down = down_planes_of(isa);
+  const detail::TransposeFn transpose = transpose_of(isa);
+  const int64_t nchunks = (hw + kPixelChunk - 1) / kPixelChunk;
+  const ParallelFor serial = [](int64_t n, const RangeFn& f) { if (n > 0) f(0, n); };
+  // Tiny problems (a time-embedding linear on one row) finish faster than a thread
+  // wake-up, which on a busy machine can take a scheduler tick: run them inline.
+  const bool small = int64_t(s.n) * hw * nob * words < kInlineWork;
+  (small ? serial : pfor)(int64_t(s.n) * nchunks, [&](int64_t b, int64_t e) {
+    thread_local std::vector<float> strip, lr, tile;
+    strip.resize(size_t(c) * kPixelChunk);
+    lr.resize(size_t(rank) * kPixelChunk);
+    tile.resize(size_t(g.o_pad) * kPixelChunk);
+    for (int64_t it = b; it < e; ++it) {
+      const int n = int(it / nchunks);
+      const int64_t p0 = (it % nchunks) * kPixelChunk;
+      const int np = int(std::min<int64_t>(kPixelChunk, hw - p0));
+      const int64_t pix = int64_t(n) * hw + p0;
+      if (s.rows)
+        transpose(x + pix * c, c, strip.data(), kPixelChunk, np, c);
+      else
+        copy_rows(x + int64_t(n) * c * hw + p0, hw, strip.data(), kPixelChunk, c, np, true);
+      const bool z = pack_planes(isa, strip.data(), c, kPixelChunk, np, words, &xbits[pix * words],
+                                 &xzero[pix * words], &xs[pix]);
+      if (rank) down(strip.data(), c, kPixelChunk, np, rank, down_t, lr.data(), kPixelChunk);
+      Gemm gt = g;
+      if (z || g.wz) {  // the masked kernel only where this chunk (or the weights) has zeros
+        gt.wz = wz_any;
+        gt.xzero = xzero.data();
+      }
+      gt.x_p0 = gt.y_p0 = p0;
+      gt.x = strip.data();
+      gt.x_n_stride = 0;
+      gt.x_c_stride = kPixelChunk;
+      gt.lr_t = rank ? lr.data() : nullptr;
+      gt.lr_n_stride = 0;
+      gt.lr_r_stride = kPixelChunk;
+      gt.y = tile.data();
+      gt.y_n_stride = 0;
+      gt.y_o_stride = kPixelChunk;
+      gt.y_p_stride = 1;
+      for (int ob0 = 0; ob0 < nob; ob0 += group) {
+        const Tile t{n, 0, int(p0), int(p0) + np, ob0, std::min(nob, ob0 + group)};
+        fn(gt, t);
+        if (side) side(gt, t);
+      }
+      if (s.rows)
+        transpose(tile.data(), kPixelChunk, y + pix * o, o, o, np);
+      else
+        copy_rows(tile.data(), kPixelChunk, y + int64_t(n) * o * hw + p0, hw, o, np, false);
+    }
+  });
+}
+
+// Repacks the weights for run_pointwise: the zero mask always (whether activations hold
+// zeros is found per chunk), handed over as wz only when the weights have zeros.
+void prepare_pointwise(Isa isa, const Pointwise& s, const int32_t* wbits, const int32_t* wzero, const float* alpha,
+                       const float* bias, const SideBranches* side, Prepared* p, Gemm* g) {
+  prepare(isa, s.o, 1, num_words(s.c), s.c, wbits, wzero, true, alpha, bias, p, g);
+  if (!wzero) g->wz = nullptr;
+  static const int64_t tap0 = 0;
+  g->tap_off = &tap0;
+  g->side = side;
 }
 
 }  // namespace
@@ -340,6 +494,20 @@ void binary_conv2d(const ConvShape& s, const float* x, const int32_t* wbits, con
                "binary_conv2d");
   const Isa isa = active_isa();
   const int words = s.words();
+  const bool lowrank = side && side->lr_down;
+  const int rank = lowrank ? side->rank : 0;
+  std::vector<float> down_t;
+  if (lowrank) down_t = transposed(side->lr_down, rank, s.c);  // [C][rank]: one contiguous load per channel
+  const bool pointwise = s.kh == 1 && s.kw == 1 && s.stride_h == 1 && s.stride_w == 1 && s.pad_top == 0 &&
+                         s.pad_left == 0 && s.pad_bottom == 0 && s.pad_right == 0;
+  if (pointwise) {
+    const Pointwise pw{s.n, int64_t(s.h) * s.w, s.c, s.o, false};
+    Gemm g;
+    Prepared p;
+    prepare_pointwise(isa, pw, wbits, wzero, alpha, bias, side, &p, &g);
+    run_pointwise(isa, pw, x, y, g, p.wz.data(), lowrank ? down_t.data() : nullptr, pfor);
+    return;
+  }
   const int64_t hp = int64_t(s.h) + s.pad_top + s.pad_bottom;
   const int64_t wp = int64_t(s.w) + s.pad_left + s.pad_right;
   const int64_t img = hp * wp;
@@ -348,16 +516,9 @@ void binary_conv2d(const ConvShape& s, const float* x, const int32_t* wbits, con
   std::vector<float> xs(size_t(s.n * img), 0.f);
   std::atomic<bool> any_zero{false};
   const int64_t hw = int64_t(s.h) * s.w;
-  const bool avx2_pack = packs_with_avx2(isa);
   const ParallelFor serial = [](int64_t n, const RangeFn& f) { if (n > 0) f(0, n); };
   const bool small = int64_t(s.n) * s.c * hw < 64 * 1024;  // see kInlineWork
-  const bool lowrank = side && side->lr_down;
-  const int rank = lowrank ? side->rank : 0;
-  std::vector<float> down_t, lr_t;
-  if (lowrank) {
-    down_t = transposed(side->lr_down, rank, s.c);  // [C][rank]: one contiguous load per channel
-    lr_t.resize(size_t(s.n) * rank * hw);
-  }
+  std::vector<float> lr_t(size_t(s.n) * rank * hw);
   const detail::DownPlanesFn down = down_planes_of(isa);
   (small ? serial : pfor)(int64_t(s.n) * s.h, [&](int64_t b, int64_t e) {
     bool z = false;
@@ -367,16 +528,7 @@ void binary_conv2d(const ConvShape& s, const float* x, const int32_t* wbits, con
       // the row was just read for its signs: project it while it is in cache
       if (lowrank) down(src, s.c, hw, s.w, rank, down_t.data(), &lr_t[size_t((ni * rank) * hw + hi * s.w)], hw);
       const int64_t pix = ni * img + (hi + s.pad_top) * wp + s.pad_left;
-#if defined(__x86_64__) || defined(_M_X64)
-      if (avx2_pack) {
-        z |= detail::pack_row_avx2(src, s.c, hw, s.w, words, &xbits[pix * words], &xzero[pix * words],
-                                   &xs[pix]);
-        continue;
-      }
-#endif
-      (void)avx2_pack;
-      z |= detail::pack_row_scalar(src, s.c, hw, s.w, words, &xbits[pix * words], &xzero[pix * words],
-                                   &xs[pix]);
+      z |= pack_planes(isa, src, s.c, hw, s.w, words, &xbits[pix * words], &xzero[pix * words], &xs[pix]);
     }
     if (z) any_zero.store(true);
   });
@@ -405,7 +557,11 @@ void binary_conv2d(const ConvShape& s, const float* x, const int32_t* wbits, con
   g.y_p_stride = 1;
   g.side = side;
   g.x = x;
+  g.x_n_stride = int64_t(s.c) * hw;
+  g.x_c_stride = hw;
   g.lr_t = lowrank ? lr_t.data() : nullptr;
+  g.lr_n_stride = int64_t(rank) * hw;
+  g.lr_r_stride = hw;
   run_tiles(isa, g, pfor);
 }
 
@@ -416,59 +572,15 @@ void binary_linear(const LinearShape& s, const float* x, const int32_t* wbits, c
   if (side && side->empty()) side = nullptr;
   if (side) check_side(*side, false, true, "binary_linear");
   if (s.rows == 0) return;
+  if (s.rows > int64_t(1) << 30) throw std::invalid_argument("binary_linear: too many rows");
   const Isa isa = active_isa();
-  const int words = s.words();
-  std::vector<uint32_t> xbits(size_t(s.rows * words)), xzero(size_t(s.rows * words));
-  std::vector<float> xs(size_t(s.rows));
-  std::atomic<bool> any_zero{false};
-  const bool avx2_pack = packs_with_avx2(isa);
-  const int64_t nchunks = (s.rows + kPixelChunk - 1) / kPixelChunk;
-  const ParallelFor serial = [](int64_t n, const RangeFn& f) { if (n > 0) f(0, n); };
-  const bool lowrank = side && side->lr_down;
-  const int rank = lowrank ? side->rank : 0;
-  std::vector<float> lr_t(lowrank ? size_t(s.rows) * rank : 0), up_t;
-  if (lowrank) up_t = transposed(side->lr_up, s.o, rank);  // [rank][O]: the epilogue runs along O
-  const detail::DownRowsFn down = down_rows_of(isa);
-  (s.rows * s.k < 64 * 1024 ? serial : pfor)(nchunks, [&](int64_t b, int64_t e) {
-    const int64_t r0 = b * kPixelChunk, r1 = std::min(s.rows, e * kPixelChunk);
-    if (lowrank) down(x + r0 * s.k, r1 - r0, s.k, rank, side->lr_down, &lr_t[size_t(r0 * rank)]);
-    bool z;
-#if defined(__x86_64__) || defined(_M_X64)
-    if (avx2_pack)
-      z = detail::pack_rows_avx2(x + r0 * s.k, r1 - r0, s.k, words, &xbits[r0 * words],
-                                 &xzero[r0 * words], &xs[r0]);
-    else
-#endif
-      z = detail::pack_rows_scalar(x + r0 * s.k, r1 - r0, s.k, words, &xbits[r0 * words],
-                                   &xzero[r0 * words], &xs[r0]);
-    (void)avx2_pack;
-    if (z) any_zero.store(true);
-  });
-  const bool masked = any_zero.load() || wzero != nullptr;
+  const Pointwise pw{1, s.rows, s.k, s.o, true};
+  std::vector<float> down_t;
+  if (side && side->lr_down) down_t = transposed(side->lr_down, side->rank, s.k);  // [K][rank]
   Gemm g;
   Prepared p;
-  prepare(isa, s.o, 1, words, s.k, wbits, wzero, masked, alpha, bias, &p, &g);
-  const int64_t tap0 = 0;
-  if (s.rows > int64_t(1) << 30) throw std::invalid_argument("binary_linear: too many rows");
-  g.n = 1;
-  g.tap_off = &tap0;
-  g.ho = 1;
-  g.wo = int(s.rows);
-  g.wp = s.rows;
-  g.img_pixels = s.rows;
-  g.xbits = xbits.data();
-  g.xzero = masked ? xzero.data() : nullptr;
-  g.xs = xs.data();
-  g.y = y;
-  g.y_n_stride = 0;
-  g.y_o_stride = 1;
-  g.y_p_stride = s.o;
-  g.side = side;
-  g.x = x;
-  g.row_major = true;
-  g.lr_t = lowrank ? lr_t.data() : nullptr;
-  g.lr_up_t = lowrank ? up_t.data() : nullptr;
-  run_tiles(isa, g, pfor);
+  prepare_pointwise(isa, pw, wbits, wzero, alpha, bias, side, &p, &g);
+  run_pointwise(isa, pw, x, y, g, p.wz.data(), down_t.empty() ? nullptr : down_t.data(), pfor);
 }
 
 }  // namespace cpu

@@ -37,15 +37,22 @@ struct Gemm {
   const float* bias = nullptr;
   float* y = nullptr;
   int64_t y_n_stride = 0, y_o_stride = 0, y_p_stride = 0;  // y[n, o, p = oh*wo + ow]
-  // Fused side branches (nullptr: none) and the float32 layer input they read, in the
-  // layout of y's input: conv x[n][c][p] (same pixel grid as y), linear x[p][c].
+  // Fused side branches (nullptr: none) and the float32 layer input they read, planar
+  // like y (see the strides below).
   const SideBranches* side = nullptr;
   const float* x = nullptr;
-  bool row_major = false;  // linear: y[p][o] and x[p][c]; else conv planes y[n][o][p]
-  // LRMB's down projection, computed in the packing pass: conv [n][rank][p], linear
-  // [p][rank]; and, for the linear layout, lr_up transposed to [rank][o].
+  // LRMB's down projection, computed in the packing pass: [n][rank][p].
   const float* lr_t = nullptr;
-  const float* lr_up_t = nullptr;
+  // Where the planar arrays live: element (n, channel or rank, pixel p) of x and lr_t at
+  // [n * *_n_stride + c * *_c_stride + (p - x_p0)], and y's through y_at. The origins are
+  // 0 for whole tensors and a chunk's first pixel for chunk-local buffers.
+  int64_t x_p0 = 0, y_p0 = 0;
+  int64_t x_n_stride = 0, x_c_stride = 0;
+  int64_t lr_n_stride = 0, lr_r_stride = 0;
+
+  float* y_at(int n, int64_t p, int o) const {
+    return y + n * y_n_stride + (p - y_p0) * y_p_stride + int64_t(o) * y_o_stride;
+  }
 
   // Index of the first padded input pixel read by output pixel (oh, ow).
   int64_t in_pixel(int oh, int ow) const { return int64_t(oh) * sh * wp + int64_t(ow) * sw; }
@@ -61,7 +68,7 @@ struct Tile {
 inline void store_block(const Gemm& g, int n, int64_t p, int ob, const float* vals) {
   const int o0 = ob * g.lanes;
   const int cnt = (g.o - o0) < g.lanes ? (g.o - o0) : g.lanes;
-  float* dst = g.y + n * g.y_n_stride + p * g.y_p_stride + int64_t(o0) * g.y_o_stride;
+  float* dst = g.y_at(n, p, o0);
   for (int l = 0; l < cnt; ++l) dst[int64_t(l) * g.y_o_stride] = vals[l];
 }
 
@@ -76,17 +83,12 @@ void gemm_neon(const Gemm& g, const Tile& t);
 // compiled for AVX2 (the compiler vectorises the contiguous inner loops).
 void side_generic(const Gemm& g, const Tile& t);
 void side_avx2(const Gemm& g, const Tile& t);
-// LRMB down projection in the packing pass. Planes (one conv image row of w pixels):
-// t[r * t_stride + i] = sum_c down_t[c * rank + r] * x[c * x_stride + i]. Rows (linear):
-// t[i * rank + r] = sum_c down[r * k + c] * x[i * k + c].
+// LRMB down projection in the packing pass, on planar input (w pixels of C planes):
+// t[r * t_stride + i] = sum_c down_t[c * rank + r] * x[c * x_stride + i].
 using DownPlanesFn = void (*)(const float* x, int c, int64_t x_stride, int w, int rank, const float* down_t,
                               float* t, int64_t t_stride);
-using DownRowsFn = void (*)(const float* x, int64_t rows, int k, int rank, const float* down, float* t);
 void down_planes_generic(const float*, int, int64_t, int, int, const float*, float*, int64_t);
 void down_planes_avx2(const float*, int, int64_t, int, int, const float*, float*, int64_t);
-void down_rows_generic(const float*, int64_t, int, int, const float*, float*);
-void down_rows_avx2(const float*, int64_t, int, int, const float*, float*);
-
 // Sign packing of one image row (NCHW input): writes words, zero words and scales of
 // the w pixels of row h into dst pointers (already offset to the first real pixel of
 // that row in the padded buffer). Returns true if any exact zero was seen.
@@ -94,11 +96,11 @@ bool pack_row_scalar(const float* x, int c, int64_t hw, int w, int words, uint32
                      uint32_t* zero, float* s);
 bool pack_row_avx2(const float* x, int c, int64_t hw, int w, int words, uint32_t* bits,
                    uint32_t* zero, float* s);
-// Sign packing of `rows` contiguous rows of k features (linear input).
-bool pack_rows_scalar(const float* x, int64_t rows, int k, int words, uint32_t* bits,
-                      uint32_t* zero, float* s);
-bool pack_rows_avx2(const float* x, int64_t rows, int k, int words, uint32_t* bits,
-                    uint32_t* zero, float* s);
+// dst[j * dst_stride + i] = src[i * src_stride + j] (side_impl.h), per ISA.
+using TransposeFn = void (*)(const float* src, int64_t src_stride, float* dst, int64_t dst_stride, int rows,
+                             int cols);
+void transpose_generic(const float*, int64_t, float*, int64_t, int, int);
+void transpose_avx2(const float*, int64_t, float*, int64_t, int, int);
 
 }  // namespace detail
 }  // namespace cpu

@@ -17,8 +17,8 @@ void down_planes_generic(const float* x, int c, int64_t x_stride, int w, int ran
                         int64_t t_stride) {
   down_planes(x, c, x_stride, w, rank, down_t, t, t_stride);
 }
-void down_rows_generic(const float* x, int64_t rows, int k, int rank, const float* down, float* t) {
-  down_rows(x, rows, k, rank, down, t);
+void transpose_generic(const float* src, int64_t src_stride, float* dst, int64_t dst_stride, int rows, int cols) {
+  transpose(src, src_stride, dst, dst_stride, rows, cols);
 }
 
 bool pack_row_scalar(const float* x, int c, int64_t hw, int w, int words, uint32_t* bits,
@@ -48,30 +48,6 @@ bool pack_row_scalar(const float* x, int c, int64_t hw, int w, int words, uint32
     }
   }
   for (int i = 0; i < w; ++i) s[i] = acc[i] / float(c);  // divide, as torch's mean
-  return any_zero;
-}
-
-bool pack_rows_scalar(const float* x, int64_t rows, int k, int words, uint32_t* bits,
-                      uint32_t* zero, float* s) {
-  bool any_zero = false;
-  for (int64_t r = 0; r < rows; ++r) {
-    const float* xr = x + r * k;
-    float acc = 0.f;
-    for (int j = 0; j < words; ++j) {
-      uint32_t nb = 0, zb = 0;
-      const int cend = (32 * j + 32) < k ? (32 * j + 32) : k;
-      for (int ch = 32 * j; ch < cend; ++ch) {
-        const float v = xr[ch];
-        nb |= (v < 0.f) ? (1u << (ch - 32 * j)) : 0u;
-        zb |= (v == 0.f) ? (1u << (ch - 32 * j)) : 0u;
-        acc += std::fabs(v);
-      }
-      bits[r * words + j] = nb;
-      zero[r * words + j] = zb;
-      any_zero |= zb != 0;
-    }
-    s[r] = acc / float(k);
-  }
   return any_zero;
 }
 

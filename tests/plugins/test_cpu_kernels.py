@@ -155,6 +155,35 @@ def test_conv_zero_masks_resolve_every_count(isa, c):
     assert np.abs(y - ref).max() < 0.25 / c
 
 
+@pytest.mark.parametrize("layer", ["conv1x1", "linear"])
+def test_zeros_in_one_pixel_chunk_take_the_masked_count_there_only(isa, layer):
+    """1x1 convs and linears run chunk by chunk (64 pixels), each chunk choosing the masked
+    kernel only if its own activations hold an exact zero. Zeros in the middle chunk of
+    three (and a partial last chunk, in two images) must be counted there and nowhere else.
+    Values in {-1, 0, +1}: one wrong count moves an output by >= 2/C, we allow 0.25/C."""
+    rng = np.random.default_rng(11)
+    c, o, hw = 70, 19, 150  # chunks [0, 64), [64, 128), [128, 150)
+    x = rng.choice(np.array([-1.0, 1.0], np.float32), size=(2, c, hw))
+    x[1, rng.integers(0, c, 5), rng.integers(64, 128, 5)] = 0.0
+    wt = rng.choice(np.array([-1.0, 1.0], np.float32), size=(o, c))
+    pw = contract.pack_weight(wt)
+    ones, zeros = np.ones(o, np.float32), np.zeros(o, np.float32)
+    if layer == "conv1x1":
+        x4 = x.reshape(2, c, 10, 15)
+        ref = contract.binary_conv2d_reference(
+            x4, pw.bits.reshape(o, 1, 1, -1), ones, zeros, in_channels=c, kernel_shape=(1, 1), strides=(1, 1),
+            pads=(0, 0, 0, 0),
+        )
+        y = _conv(x4, pw.bits.reshape(o, 1, 1, -1), ones, zeros, 1, 0, c).numpy()
+    else:
+        xr = np.ascontiguousarray(x.transpose(0, 2, 1))  # [2, hw, c]
+        ref = contract.binary_linear_reference(xr, pw.bits, ones, zeros, in_features=c)
+        y = torch_ops.binary_linear(
+            torch.from_numpy(xr), torch.from_numpy(pw.bits), torch.from_numpy(ones), torch.from_numpy(zeros), c
+        ).numpy()
+    assert np.abs(y - ref).max() < 0.25 / c
+
+
 @pytest.mark.parametrize("c", [160, 190, 300, 470, 640, 760, 950, 1280])
 def test_conv_word_counts_with_specialised_kernels(isa, c):
     """Channel counts whose word counts (5, 6, 10, 15, 20, 24, 30, 40) get compile-time kernels."""

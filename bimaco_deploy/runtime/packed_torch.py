@@ -22,8 +22,9 @@ full-precision convs) is left untouched.
 
 from __future__ import annotations
 
+import contextlib
 import copy
-from typing import Dict, Iterable, Optional, Tuple
+from typing import ContextManager, Dict, Iterable, Optional, Tuple
 
 import torch
 import torch.nn.functional as F
@@ -34,7 +35,14 @@ from ..models.binary_layers import BinaryConv2d, BinaryLinear
 from ..models.unet import iter_binary_layers
 from ..plugins import torch_ops
 
-_label = torch.autograd.profiler.record_function
+
+
+def _label(name: str) -> ContextManager[object]:
+    """A profiler range named ``name`` around a packed layer, only while a profiler runs:
+    record_function costs about 8 us per call even when none does (1.5 ms per UNet forward)."""
+    if torch._C._autograd._profiler_enabled():
+        return torch.autograd.profiler.record_function(name)
+    return contextlib.nullcontext()
 
 
 def _f32(t: torch.Tensor) -> torch.Tensor:

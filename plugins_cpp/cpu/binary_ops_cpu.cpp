@@ -163,17 +163,20 @@ void repack(const int32_t* src, int o, int taps, int words, int c, int lanes, bo
   const int nob = (o + lanes - 1) / lanes;
   const int tail = c - 32 * (words - 1);  // 1..32 real bits in the last word
   const uint32_t tail_mask = tail == 32 ? 0xffffffffu : ((1u << tail) - 1u);
-  dst->assign(size_t(nob) * taps * words * lanes, as_zero_mask ? 0xffffffffu : 0u);
-  for (int oc = 0; oc < o; ++oc) {
-    const int ob = oc / lanes, l = oc % lanes;
-    for (int k = 0; k < taps; ++k) {
+  dst->resize(size_t(nob) * taps * words * lanes);
+  uint32_t* d = dst->data();
+  // written in destination order: one sequential pass (it runs on every call)
+  for (int ob = 0; ob < nob; ++ob)
+    for (int k = 0; k < taps; ++k)
       for (int j = 0; j < words; ++j) {
-        uint32_t v = src ? uint32_t(src[(int64_t(oc) * taps + k) * words + j]) : 0u;
-        if (j == words - 1) v = as_zero_mask ? (v | ~tail_mask) : (v & tail_mask);
-        (*dst)[((int64_t(ob) * taps + k) * words + j) * lanes + l] = v;
+        const uint32_t keep = j == words - 1 ? tail_mask : 0xffffffffu;
+        for (int l = 0; l < lanes; ++l) {
+          const int oc = ob * lanes + l;
+          uint32_t v = oc < o && src ? uint32_t(src[(int64_t(oc) * taps + k) * words + j]) : 0u;
+          if (oc >= o) v = as_zero_mask ? 0xffffffffu : 0u;  // padded channel: never counts
+          *d++ = as_zero_mask ? (v | ~keep) : (v & keep);
+        }
       }
-    }
-  }
 }
 
 struct Prepared {

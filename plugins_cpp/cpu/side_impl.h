@@ -41,67 +41,69 @@ inline v8f rprelu8(v8f y, float b0, float a, float b1) {
   return (p + splat(a) * n) + splat(b1);
 }
 
-// y[i] (one output channel's pixels, contiguous) gets the whole epilogue in one pass,
-// 32 pixels at a time in registers, in the reference's order of additions:
+// The epilogue of one output channel's pixels y[i], i < n (contiguous), in one pass with
+// V 8-float vectors in registers at a time, in the reference's order of additions:
 //   y = ((RPReLU(y) + sum_e val[e] * x[col[e]]) + sum_r up[r] * t[r])
-// Each term is summed apart and then added, as the reference adds whole branch outputs.
+// Each branch is summed apart and then added, as the reference adds whole branch outputs.
 // rp: {b0, slope, b1} or nullptr; e0 == e1: no SMB entries; rank 0: no LRMB.
-inline void finish_row(float* y, int n, const float* rp, const int16_t* col, const float* val, int e0, int e1,
-                       const float* x, int64_t x_stride, const float* up, const float* t, int64_t t_stride,
-                       int rank) {
-  int i = 0;
-  const v8f zero = splat(0.f);
-  for (; i + kBlock <= n; i += kBlock) {
-    v8f y0 = load8(y + i), y1 = load8(y + i + 8), y2 = load8(y + i + 16), y3 = load8(y + i + 24);
-    if (rp) {
-      y0 = rprelu8(y0, rp[0], rp[1], rp[2]);
-      y1 = rprelu8(y1, rp[0], rp[1], rp[2]);
-      y2 = rprelu8(y2, rp[0], rp[1], rp[2]);
-      y3 = rprelu8(y3, rp[0], rp[1], rp[2]);
+struct RowTerms {
+  const float* rp;
+  const int16_t* col;
+  const float* val;
+  int e0, e1;
+  const float* x;
+  int64_t x_stride;
+  const float* up;
+  const float* t;
+  int64_t t_stride;
+  int rank;
+};
+
+template <int V>
+inline void finish_vectors(float* y, int i, const RowTerms& r) {
+  v8f yv[V], a[V];
+  for (int k = 0; k < V; ++k) yv[k] = load8(y + i + 8 * k);
+  if (r.rp)
+    for (int k = 0; k < V; ++k) yv[k] = rprelu8(yv[k], r.rp[0], r.rp[1], r.rp[2]);
+  if (r.e0 < r.e1) {
+    for (int k = 0; k < V; ++k) a[k] = splat(0.f);
+    for (int e = r.e0; e < r.e1; ++e) {
+      const v8f v = splat(r.val[e]);
+      const float* xc = r.x + int64_t(r.col[e]) * r.x_stride + i;
+      for (int k = 0; k < V; ++k) a[k] += v * load8(xc + 8 * k);
     }
-    if (e0 < e1) {
-      v8f a0 = zero, a1 = zero, a2 = zero, a3 = zero;
-      for (int e = e0; e < e1; ++e) {
-        const v8f v = splat(val[e]);
-        const float* xc = x + int64_t(col[e]) * x_stride + i;
-        a0 += v * load8(xc);
-        a1 += v * load8(xc + 8);
-        a2 += v * load8(xc + 16);
-        a3 += v * load8(xc + 24);
-      }
-      y0 += a0, y1 += a1, y2 += a2, y3 += a3;
-    }
-    if (rank) {
-      v8f a0 = zero, a1 = zero, a2 = zero, a3 = zero;
-      for (int r = 0; r < rank; ++r) {
-        const v8f b = splat(up[r]);
-        const float* tr = t + r * t_stride + i;
-        a0 += b * load8(tr);
-        a1 += b * load8(tr + 8);
-        a2 += b * load8(tr + 16);
-        a3 += b * load8(tr + 24);
-      }
-      y0 += a0, y1 += a1, y2 += a2, y3 += a3;
-    }
-    store8(y + i, y0);
-    store8(y + i + 8, y1);
-    store8(y + i + 16, y2);
-    store8(y + i + 24, y3);
+    for (int k = 0; k < V; ++k) yv[k] += a[k];
   }
+  if (r.rank) {
+    for (int k = 0; k < V; ++k) a[k] = splat(0.f);
+    for (int q = 0; q < r.rank; ++q) {
+      const v8f b = splat(r.up[q]);
+      const float* tq = r.t + q * r.t_stride + i;
+      for (int k = 0; k < V; ++k) a[k] += b * load8(tq + 8 * k);
+    }
+    for (int k = 0; k < V; ++k) yv[k] += a[k];
+  }
+  for (int k = 0; k < V; ++k) store8(y + i + 8 * k, yv[k]);
+}
+
+inline void finish_row(float* y, int n, const RowTerms& r) {
+  int i = 0;
+  for (; i + kBlock <= n; i += kBlock) finish_vectors<kBlock / 8>(y, i, r);
+  for (; i + 8 <= n; i += 8) finish_vectors<1>(y, i, r);  // rows of 8 and 16 pixels
   for (; i < n; ++i) {
     float v = y[i];
-    if (rp) {
-      const float u = v + rp[0];
-      v = (std::max(u, 0.f) + rp[1] * std::min(u, 0.f)) + rp[2];
+    if (r.rp) {
+      const float u = v + r.rp[0];
+      v = (std::max(u, 0.f) + r.rp[1] * std::min(u, 0.f)) + r.rp[2];
     }
-    if (e0 < e1) {
+    if (r.e0 < r.e1) {
       float a = 0.f;
-      for (int e = e0; e < e1; ++e) a += val[e] * x[int64_t(col[e]) * x_stride + i];
+      for (int e = r.e0; e < r.e1; ++e) a += r.val[e] * r.x[int64_t(r.col[e]) * r.x_stride + i];
       v += a;
     }
-    if (rank) {
+    if (r.rank) {
       float a = 0.f;
-      for (int r = 0; r < rank; ++r) a += up[r] * t[r * t_stride + i];
+      for (int q = 0; q < r.rank; ++q) a += r.up[q] * r.t[q * r.t_stride + i];
       v += a;
     }
     y[i] = v;
@@ -120,9 +122,18 @@ inline void side_planes(const Gemm& g, const Tile& t) {
   for (int o = o0; o < o1; ++o) {
     float rp[3];
     if (s.rp_b0) rp[0] = s.rp_b0[o], rp[1] = s.rp_slope[o], rp[2] = s.rp_b1[o];
-    const int e0 = s.smb_rowptr ? s.smb_rowptr[o] : 0, e1 = s.smb_rowptr ? s.smb_rowptr[o + 1] : 0;
-    finish_row(g.y_at(t.n, p0, o), np, s.rp_b0 ? rp : nullptr, s.smb_col, s.smb_val, e0, e1, xn, g.x_c_stride,
-               rank ? s.lr_up + int64_t(o) * s.rank : nullptr, tn, g.lr_r_stride, rank);
+    const RowTerms r{s.rp_b0 ? rp : nullptr,
+                     s.smb_col,
+                     s.smb_val,
+                     s.smb_rowptr ? s.smb_rowptr[o] : 0,
+                     s.smb_rowptr ? s.smb_rowptr[o + 1] : 0,
+                     xn,
+                     g.x_c_stride,
+                     rank ? s.lr_up + int64_t(o) * s.rank : nullptr,
+                     tn,
+                     g.lr_r_stride,
+                     rank};
+    finish_row(g.y_at(t.n, p0, o), np, r);
   }
 }
 

@@ -42,7 +42,8 @@ def build(
     timing_cache: Optional[Path] = typer.Option(None, "--timing-cache", help="Timing cache to load and update."),
     plugin_lib: Optional[Path] = typer.Option(None, "--plugin", "--plugin-lib", help="libbimaco_trt_plugin.so to load."),
 ) -> None:
-    """Build a TensorRT engine from an exported unet.onnx with the bimaco plugin."""
+    """Build a TensorRT engine from an exported unet.onnx with the bimaco plugin (and, when the export
+    holds unet_float.onnx, the float baseline's engine beside it: OUT_STEM_float.plan)."""
     import json
 
     from .runtime.trt_builder import build_engine
@@ -123,6 +124,10 @@ def export(
     opset: int = typer.Option(17, "--opset", help="ONNX opset (17)."),
     force: bool = typer.Option(False, "--force", help="Replace an existing output directory."),
     no_vq: bool = typer.Option(False, "--no-vq", help="Do not write the VQ graphs."),
+    float_baseline: bool = typer.Option(
+        False, "--float-baseline",
+        help="Also write unet_float.onnx: the float model of the same family, exported the same way (bench baseline).",
+    ),
 ) -> None:
     """Export a BiMaCoSR checkpoint to packed 1-bit ONNX (custom bimaco nodes + portable twin)."""
     from .export.exporter import export as run_export
@@ -131,7 +136,7 @@ def export(
         if (unet_ckpt is None) == (not random_init):
             raise BimacoError("give exactly one of --ckpt FILE or --random-init")
         run_export(config, unet_ckpt, out_dir, seed=seed, vq_ckpt=vq_ckpt, dtype=dtype, opset=opset, force=force,
-                   with_vq=False if no_vq else None)
+                   with_vq=False if no_vq else None, float_baseline=float_baseline)
     except BimacoError as err:
         raise _fail(err)
 
@@ -220,9 +225,13 @@ def bench(
     threads: Optional[int] = typer.Option(None, "--threads", help="torch CPU threads (default: torch's)."),
     device: str = typer.Option("cpu", "--device", help="cpu | cuda."),
     no_baseline: bool = typer.Option(False, "--no-baseline", help="Skip the float baseline."),
+    energy: Optional[bool] = typer.Option(
+        None, "--energy/--no-energy", help="Energy per image from tegrastats (default: where tegrastats exists)."
+    ),
     json_path: Optional[Path] = typer.Option(None, "--json", help="Write the report as JSON here."),
 ) -> None:
-    """UNet latency of a backend beside the float model of the same family, same run."""
+    """UNet latency of a backend beside the float model of the same family exported the same way, same run;
+    on a Jetson also power mode, clocks, per-rail power and energy per image."""
     from .reports import write_json_atomic
     from .runtime.backends import BackendSpec, resolve_config
     from .runtime.bench import bench_markdown, bench_unet
@@ -231,7 +240,7 @@ def bench(
         spec = BackendSpec(backend, resolve_config(config), ckpt=ckpt, artifacts=artifacts, engine=engine,
                            plugin_lib=plugin, device=device)
         report = bench_unet(spec, size=_parse_hw(size), batch=batch, warmup=warmup, repeats=repeats,
-                            threads=threads, baseline=not no_baseline,
+                            threads=threads, baseline=not no_baseline, energy=energy,
                             progress=lambda msg: typer.echo(msg, err=True))
     except BimacoError as err:
         raise _fail(err)

@@ -8,6 +8,10 @@ The directory holds
   standard ops reading the same initializers, for ONNX Runtime and for checks;
 * ``vq_encoder.onnx`` / ``vq_decoder.onnx`` when a VQ checkpoint is given (or
   with random weights under random init);
+* ``unet_float.onnx`` on request (``float_baseline``): the float model of the same
+  family (the config without binarization, seeded random weights: only its speed is
+  used) written by the same graph writer in the same dtype, the baseline that
+  ``bench`` runs on the same backend and TensorRT builds the same way;
 * ``export_report.json``: see :mod:`.report`.
 
 The directory is written next to its destination under a temporary name and
@@ -39,6 +43,7 @@ PathLike = Union[str, Path]
 
 UNET_FILE = "unet.onnx"
 PORTABLE_FILE = "unet_portable.onnx"
+FLOAT_FILE = "unet_float.onnx"
 VQ_ENCODER_FILE = "vq_encoder.onnx"
 VQ_DECODER_FILE = "vq_decoder.onnx"
 REPORT_FILE = "export_report.json"
@@ -89,6 +94,28 @@ def _progress(enabled: bool, console: Any):
     )
 
 
+def build_float_baseline(cfg: Any, *, dtype: str = "fp32", seed: Optional[int] = None) -> onnx.ModelProto:
+    """The float twin of ``cfg``'s UNet (seeded random weights) as ONNX, written like ``unet.onnx``.
+
+    Same inputs, outputs, dtype and graph writer as the binary export; every binary layer
+    is the plain Conv / MatMul of the float model instead.
+    """
+    from dataclasses import replace
+
+    from ..models import float_twin, load_unet
+
+    fcfg = replace(cfg, unet=float_twin(cfg.unet))
+    model = load_unet(fcfg, None, seed=seed)
+    state = state_to_numpy(model.state_dict())
+    del model
+    graph = build_unet_graph(fcfg.unet, state, float_dtype=DTYPES[dtype], source="float twin, random init",
+                             float_model=True)
+    extra = {"size_multiple": str(cfg.unet.size_multiple), "inputs": "x,timesteps,lq", "outputs": "out",
+             "float_baseline_of": str(cfg.source)}
+    _set_metadata(graph.model, _metadata(cfg, dtype, "float", extra))
+    return graph.model
+
+
 def export(
     config: PathLike,
     ckpt: Optional[PathLike],
@@ -103,6 +130,7 @@ def export(
     console: Any = None,
     print_report: bool = True,
     with_vq: Optional[bool] = None,
+    float_baseline: bool = False,
 ) -> ExportResult:
     """Export a BiMaCoSR UNet (and optionally its VQ autoencoder) to an artifact directory.
 
@@ -112,6 +140,7 @@ def export(
     alpha and bias of the binary cores stay as the contract says). Refuses an
     existing ``out_dir`` unless ``force``. ``with_vq``: None writes the VQ graphs
     when ``vq_ckpt`` is given or under random init; False never does.
+    ``float_baseline`` also writes ``unet_float.onnx`` (see the module docstring).
     """
     from ..models import load_autoencoder, load_config, load_unet
     from ..models.inventory import float_param_count
@@ -167,6 +196,12 @@ def export(
             _save(portable, tmp / PORTABLE_FILE)
             files[PORTABLE_FILE] = tmp / PORTABLE_FILE
             models = {UNET_FILE: graph.model, PORTABLE_FILE: portable}
+            if float_baseline:
+                prog.update(task, description="writing unet_float.onnx (the float baseline)")
+                fmodel = build_float_baseline(cfg, dtype=dtype, seed=seed)
+                _save(fmodel, tmp / FLOAT_FILE)
+                files[FLOAT_FILE] = tmp / FLOAT_FILE
+                models[FLOAT_FILE] = fmodel
             vq_dtype = None
             want_vq = (vq_ckpt is not None or ckpt is None) if with_vq is None else with_vq
             if cfg.autoencoder is not None and want_vq:

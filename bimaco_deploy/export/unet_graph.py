@@ -69,9 +69,12 @@ class _UNetWriter:
         float_dtype: np.dtype,
         expose_binary_inputs: bool,
         source: str,
+        float_model: bool = False,
     ):
-        if cfg.binary is None:
+        if cfg.binary is None and not float_model:
             raise ConfigError("the config describes a full-precision UNet; only binarized (BiMaCoSR) configs are exported")
+        if float_model and cfg.binary is not None:
+            raise ConfigError("a float baseline graph needs the float twin of the config (models.float_twin)")
         if not cfg.cond_lq:
             raise ConfigError("model.params.cond_lq must be true (the one-step pipeline conditions on lq)")
         if not cfg.use_scale_shift_norm:
@@ -81,32 +84,45 @@ class _UNetWriter:
         self.gb = GraphBuilder(float_dtype)
         self.portable = portable
         self.expose = expose_binary_inputs
+        self.float_model = float_model  # every "binary" slot as a plain Conv / MatMul (the float baseline)
         self.records: List[BinaryLayerRecord] = []
         self.fp_params = 0  # full-precision parameters kept as such (GN, first/last conv, tables)
         self._emb_silu: Optional[str] = None
 
     # ------------------------------------------------------------------ small pieces
     def _bconv(self, prefix: str, x: str, cin: int, cout: int, k: int, stride: int = 1) -> str:
+        if self.float_model:
+            return self._fp_conv(prefix, x, cin, cout, k, stride)
         layer = read_binary_conv(self.reader, prefix, cin, cout, k, stride, k // 2)
         y = emit_binary_conv(self.gb, layer, x, portable=self.portable)
         self.records.append(BinaryLayerRecord(layer, x, y, 4))
         return y
 
     def _blinear(self, prefix: str, x: str, kin: int, kout: int, rank: int) -> str:
+        if self.float_model:
+            return self._fp_linear(prefix, x, kin, kout)
         layer = read_binary_linear(self.reader, prefix, kin, kout)
         y = emit_binary_linear(self.gb, layer, x, portable=self.portable, x_rank=rank)
         self.records.append(BinaryLayerRecord(layer, x, y, rank))
         return y
 
-    def _fp_conv(self, prefix: str, x: str, cin: int, cout: int) -> str:
-        w = self.reader.take(prefix + ".weight", (cout, cin, 3, 3))
+    def _fp_conv(self, prefix: str, x: str, cin: int, cout: int, k: int = 3, stride: int = 1) -> str:
+        w = self.reader.take(prefix + ".weight", (cout, cin, k, k))
         b = self.reader.take(prefix + ".bias", (cout,))
         self.fp_params += w.size + b.size
         gb = self.gb
         return gb.op(
             "Conv", [x, gb.weight(prefix + ".weight", w), gb.weight(prefix + ".bias", b)],
-            kernel_shape=[3, 3], pads=[1, 1, 1, 1], name=prefix,
+            kernel_shape=[k, k], pads=[k // 2] * 4, strides=[stride, stride], name=prefix,
         )
+
+    def _fp_linear(self, prefix: str, x: str, kin: int, kout: int) -> str:
+        w = self.reader.take(prefix + ".weight", (kout, kin))
+        b = self.reader.take(prefix + ".bias", (kout,))
+        self.fp_params += w.size + b.size
+        gb = self.gb
+        y = gb.op("MatMul", [x, gb.weight(prefix + ".weight_t", np.ascontiguousarray(w.T))], name=f"{prefix}/matmul")
+        return gb.op("Add", [y, gb.weight(prefix + ".bias", b)], name=prefix)
 
     def _silu(self, x: str, name: str) -> str:
         return self.gb.op("Mul", [x, self.gb.op("Sigmoid", [x], name=f"{name}/sigmoid")], name=f"{name}/silu")
@@ -391,14 +407,19 @@ def build_unet_graph(
     float_dtype: type = np.float32,
     expose_binary_inputs: bool = False,
     source: str = "checkpoint",
+    float_model: bool = False,
 ) -> UNetGraph:
     """Write the UNet as ONNX (custom ``bimaco`` nodes, or the portable form) from config + state.
 
     ``state`` maps the checkpoint's keys to numpy arrays (no ``module.`` prefix).
     ``expose_binary_inputs`` adds every binary layer's input as an extra output
-    ``binary_input.NNN`` (execution order), for sign-flip accounting.
+    ``binary_input.NNN`` (execution order), for sign-flip accounting. ``float_model``
+    writes the float twin (``cfg`` without binarization, its plain Conv2d/Linear weights)
+    through the same writer, so the baseline differs from the binary graph only in its
+    layers: the float model "exported the same way" that benchmarks compare against.
     """
     writer = _UNetWriter(
-        cfg, state, portable=portable, float_dtype=np.dtype(float_dtype), expose_binary_inputs=expose_binary_inputs, source=source
+        cfg, state, portable=portable, float_dtype=np.dtype(float_dtype), expose_binary_inputs=expose_binary_inputs,
+        source=source, float_model=float_model,
     )
     return writer.build()

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Optional, Union
+from typing import Any, Callable, Optional, Tuple, Union
 
 import torch
 
@@ -27,6 +27,7 @@ PathLike = Union[str, Path]
 UNetFn = Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]
 
 BACKENDS = ("torch-ref", "torch", "onnxruntime", "tensorrt")
+FLOAT_ONNX = "unet_float.onnx"  # written by `export --float-baseline`
 
 
 @dataclass
@@ -41,6 +42,7 @@ class BackendSpec:
     engine: Optional[PathLike] = None
     plugin_lib: Optional[PathLike] = None
     device: str = "cpu"
+    threads: Optional[int] = None  # ONNX Runtime intra-op threads (torch: torch.set_num_threads)
 
 
 def resolve_config(config: Union[PathLike, ModelConfig]) -> ModelConfig:
@@ -68,12 +70,62 @@ def make_unet(spec: BackendSpec) -> UNetFn:
             raise ArtifactError("--backend onnxruntime needs --artifacts DIR (written by `bimaco-deploy export`)")
         from .ort_backend import OrtUNet
 
-        return OrtUNet(spec.artifacts, device=spec.device if spec.device != "cpu" else "cpu")
+        return OrtUNet(spec.artifacts, device=spec.device if spec.device != "cpu" else "cpu", threads=spec.threads)
     if spec.engine is None:
         raise ArtifactError("--backend tensorrt needs --engine FILE (written by `bimaco-deploy build`)")
     from .trt_backend import TrtUNet
 
     return TrtUNet(spec.engine, plugin_lib=spec.plugin_lib)
+
+
+def float_engine_path(engine: PathLike) -> Path:
+    """Where ``build`` puts the float baseline's engine beside ENGINE: unet.plan -> unet_float.plan."""
+    p = Path(engine)
+    return p.with_name(f"{p.stem}_float{p.suffix}")
+
+
+def make_float_baseline(spec: BackendSpec) -> Tuple[UNetFn, str]:
+    """The float model of the same family on the same backend, and a line saying what it is.
+
+    torch / torch-ref: the float twin of the config on the reference torch path (seeded
+    random weights: only its speed is used). onnxruntime: ``unet_float.onnx`` of the
+    artifact directory, in the same session setup. tensorrt: the engine ``build`` made
+    from that file beside the binary one, with the same profile and precision flags.
+    """
+    if spec.name in ("torch-ref", "torch"):
+        from dataclasses import replace
+
+        from ..models import float_twin, load_unet
+
+        cfg = replace(spec.config, unet=float_twin(spec.config.unet))
+        return load_unet(cfg, None, seed=spec.seed or 0).to(spec.device), "torch float32 reference (float twin)"
+    if spec.name == "onnxruntime":
+        if spec.artifacts is None:
+            raise ArtifactError("--backend onnxruntime needs --artifacts DIR (written by `bimaco-deploy export`)")
+        path = Path(spec.artifacts) / FLOAT_ONNX
+        if not path.is_file():
+            raise ArtifactError(
+                f"{path} not found: the onnxruntime baseline is the float model exported the same way; "
+                "re-export with `bimaco-deploy export --float-baseline ...`, or pass --no-baseline"
+            )
+        from .ort_backend import OrtUNet
+
+        unet = OrtUNet(path, device=spec.device if spec.device != "cpu" else "cpu", threads=spec.threads)
+        return unet, f"onnxruntime {FLOAT_ONNX} ({', '.join(unet.providers)})"
+    if spec.name == "tensorrt":
+        if spec.engine is None:
+            raise ArtifactError("--backend tensorrt needs --engine FILE (written by `bimaco-deploy build`)")
+        path = float_engine_path(spec.engine)
+        if not path.is_file():
+            raise ArtifactError(
+                f"{path} not found: the TensorRT baseline is the float model built the same way; export with "
+                f"--float-baseline and run `bimaco-deploy build` again (it builds {path.name} beside "
+                f"{Path(spec.engine).name}), or pass --no-baseline"
+            )
+        from .trt_backend import TrtUNet
+
+        return TrtUNet(path, plugin_lib=spec.plugin_lib), f"tensorrt {path.name}"
+    raise BimacoError(f"unknown backend {spec.name!r}; choose one of {', '.join(BACKENDS)}")
 
 
 def make_vq(spec: BackendSpec, vq_ckpt: Optional[PathLike]) -> Any:

@@ -1,9 +1,11 @@
 """UNet latency benchmark of any backend, always beside the float baseline in the same run.
 
 The baseline is the full-precision model of the same family (the config's UNet without
-binarization, e.g. ResShift/SinSR for BiMaCoSR) on the reference torch path with the same
-threads, device, batch and latent size, timed interleaved with the backend under test so
-that machine noise hits both alike. Reported per model: warm-up count, latency p50/p90/p99,
+binarization, e.g. ResShift/SinSR for BiMaCoSR) on the same backend: the reference torch
+path for torch/torch-ref, ``unet_float.onnx`` for onnxruntime, its engine built the same
+way for tensorrt (:func:`.backends.make_float_baseline`). Same threads, device, batch and
+latent size, timed interleaved with the backend under test so that machine noise hits
+both alike. Reported per model: warm-up count, latency p50/p90/p99,
 throughput, peak memory (process RSS on CPU, allocator peak on CUDA).
 """
 
@@ -15,13 +17,15 @@ import resource
 import statistics
 import time
 from dataclasses import replace
-from typing import Any, Callable, Dict, List, Optional, Tuple
+from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple, Union
 
 import numpy as np
 import torch
 
 from ..errors import InputError
-from .backends import BackendSpec, make_unet
+from .backends import BackendSpec, make_float_baseline, make_unet
+from .jetson import jetson_facts
+from .tegrastats import TegrastatsSampler, rail_power_w
 
 Call = Callable[[], Any]
 
@@ -60,6 +64,35 @@ def _stats(times_ms: List[float], batch: int) -> Dict[str, float]:
     }
 
 
+def _measure_energy(
+    models: Dict[str, Callable],
+    args: Tuple[Any, ...],
+    images: int,
+    calls: int,
+    device: str,
+    say: Callable[[str], None],
+    command: Union[str, Sequence[str]],
+) -> Dict[str, Any]:
+    """Energy per image and mean per-rail power of each model over ``calls`` back-to-back calls."""
+    out: Dict[str, Any] = {}
+    with TegrastatsSampler(interval_ms=50, command=command) as sampler:
+        say("measuring idle power (1 s)")
+        t_idle = sampler.now()
+        time.sleep(1.0)
+        idle_mw = sampler.idle_power_mw(t_idle, sampler.now())
+        for name, fn in models.items():
+            say(f"measuring energy: {name}")
+            t0 = sampler.now()
+            for _ in range(calls):
+                fn(*args)
+            _sync(device)
+            t1 = sampler.now()
+            rep = sampler.energy_per_image(t0, t1, images, idle_power_mw=idle_mw).as_dict()
+            rep["rails_w"] = rail_power_w(sampler.snapshot(), t0, t1)
+            out[name] = rep
+    return out
+
+
 def bench_unet(
     spec: BackendSpec,
     *,
@@ -71,10 +104,17 @@ def bench_unet(
     baseline: bool = True,
     seed: int = 0,
     progress: Optional[Callable[[str], None]] = None,
+    energy: Optional[bool] = None,
+    tegrastats: Union[str, Sequence[str]] = "tegrastats",
 ) -> Dict[str, Any]:
     """Time ``spec``'s UNet and the float baseline, interleaved call by call.
 
-    ``size`` is the latent H x W (= the padded LR size). Returns a JSON-serialisable dict.
+    ``size`` is the latent H x W (= the padded LR size). On a Jetson the report also holds
+    the L4T/JetPack release, power mode and clock state, and (``energy``; default: where
+    tegrastats exists) energy per image and per-rail power of each model, measured in one
+    block of ``repeats`` calls per model after the latency runs, with the idle draw over
+    one second before them subtracted into ``dynamic_energy_per_image_j``. Returns a
+    JSON-serialisable dict.
     """
     cfg = spec.config
     h, w = size
@@ -85,6 +125,8 @@ def bench_unet(
         raise InputError(f"batch ({batch}) and repeats ({repeats}) must be positive, warmup ({warmup}) non-negative")
     if threads is not None:
         torch.set_num_threads(threads)
+        if spec.threads is None:
+            spec = replace(spec, threads=threads)
     say = progress or (lambda _msg: None)
     device = spec.device
     one = cfg.diffusion.one_step().timestep if cfg.diffusion is not None else 14
@@ -94,13 +136,10 @@ def bench_unet(
     models: Dict[str, Callable] = {}
     say(f"loading {spec.name} backend")
     models[spec.name] = make_unet(spec)
+    baseline_what = None
     if baseline:
-        from ..models import float_twin, load_unet
-        from ..models.config import ModelConfig
-
         say("loading the float baseline")
-        float_cfg: ModelConfig = replace(cfg, unet=float_twin(cfg.unet))
-        models["float-baseline"] = load_unet(float_cfg, None, seed=seed).to(device)
+        models["float-baseline"], baseline_what = make_float_baseline(spec)
 
     times: Dict[str, List[float]] = {k: [] for k in models}
     with torch.no_grad():
@@ -116,6 +155,10 @@ def bench_unet(
                 fn(x, t, lq)
                 _sync(device)
                 times[name].append(1000.0 * (time.perf_counter() - t0))
+        use_energy = TegrastatsSampler.available() if energy is None else energy
+        energy_report = (
+            _measure_energy(models, (x, t, lq), repeats * batch, repeats, device, say, tegrastats) if use_energy else None
+        )
     results = {name: _stats(ts, batch) for name, ts in times.items()}
     report: Dict[str, Any] = {
         "backend": spec.name,
@@ -130,9 +173,15 @@ def bench_unet(
         "results": results,
         "peak_rss_mib": _peak_rss_mib(),
     }
+    facts = jetson_facts()
+    if facts["is_jetson"]:
+        report["jetson"] = facts
+    if energy_report is not None:
+        report["energy"] = energy_report
     if device.startswith("cuda"):
         report["cuda_peak_mib"] = torch.cuda.max_memory_allocated() / 2**20
     if baseline:
+        report["baseline"] = baseline_what
         report["speedup_vs_float"] = results["float-baseline"]["p50_ms"] / results[spec.name]["p50_ms"]
     del models
     gc.collect()
@@ -162,7 +211,29 @@ def bench_markdown(report: Dict[str, Any]) -> str:
     ]
     for name, r in report["results"].items():
         lines.append(f"| {name} | {r['p50_ms']:.1f} | {r['p90_ms']:.1f} | {r['p99_ms']:.1f} | {r['images_per_s']:.2f} |")
+    lines.append("")
+    mem = f"Peak memory: process RSS {report['peak_rss_mib']:.0f} MiB"
+    if "cuda_peak_mib" in report:
+        mem += f", CUDA allocator {report['cuda_peak_mib']:.0f} MiB"
+    lines.append(mem + " (both models loaded).")
+    if "jetson" in report:
+        j = report["jetson"]
+        nvp = j.get("nvpmodel") or {}
+        clocks = j.get("jetson_clocks") or {}
+        lines.append(
+            f"Jetson: L4T {j.get('l4t')}, JetPack {j.get('jetpack')}, power mode {nvp.get('mode')} (id {nvp.get('id')}), "
+            f"jetson_clocks locked: {clocks.get('locked', 'unknown (jetson_clocks --show needs root)')}."
+        )
+    if "energy" in report:
+        lines += ["", "| model | J / image | dynamic J / image | mean W | idle W | rail |", "|---|---|---|---|---|---|"]
+        for name, e in report["energy"].items():
+            dyn = e.get("dynamic_energy_per_image_j")
+            idle = e.get("idle_power_w")
+            lines.append(
+                f"| {name} | {e['energy_per_image_j']:.4f} | {'-' if dyn is None else f'{dyn:.4f}'} | "
+                f"{e['mean_power_w']:.2f} | {'-' if idle is None else f'{idle:.2f}'} | {e['source']} |"
+            )
     if "speedup_vs_float" in report:
-        lines.append("")
+        lines.append(f"Float baseline: {report['baseline']}.")
         lines.append(f"Speed-up of `{report['backend']}` over the float baseline (p50): {report['speedup_vs_float']:.2f}x")
     return "\n".join(lines)

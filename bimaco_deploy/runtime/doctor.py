@@ -126,12 +126,12 @@ def _native_info() -> Dict[str, Any]:
 
 
 def _jetson_info() -> Dict[str, Any]:
-    release = Path("/etc/nv_tegra_release")
-    text = release.read_text(errors="ignore").strip() if release.is_file() else None
-    m = re.search(r"R(\d+) \(release\), REVISION: ([\d.]+)", text or "")
+    from .jetson import TEGRA_RELEASE, parse_l4t_release
+
+    text = TEGRA_RELEASE.read_text(errors="ignore").strip() if TEGRA_RELEASE.is_file() else None
     return {
         "is_jetson": text is not None,
-        "l4t": f"{m.group(1)}.{m.group(2)}" if m else None,
+        "l4t": parse_l4t_release(text) if text else None,
         "tegrastats": shutil.which("tegrastats"),
     }
 

@@ -379,17 +379,68 @@ def build_engine(
     plugin_lib: Optional[PathLike] = None,
     workspace_mib: Optional[int] = None,
     onnx_name: str = "unet.onnx",
+    float_baseline: Optional[bool] = None,
 ) -> Dict[str, Any]:
     """Build ``out`` (a serialized TensorRT engine) from ``<artifacts_dir>/unet.onnx``.
 
     Sizes are the UNet input H x W (the padded LR size: the latent of a 4x model
     has the LR's size). Everything that can be checked without TensorRT (files,
-    sizes, profile, precision) is checked first. Returns a report dict.
+    sizes, profile, precision) is checked first. When the directory holds
+    ``unet_float.onnx`` (``export --float-baseline``; ``float_baseline`` None: if present,
+    True: required, False: never), its engine is built the same way (same profile,
+    precision and timing cache) beside ``out`` as ``<stem>_float<suffix>``: the baseline
+    ``bench --backend tensorrt`` runs. Returns a report dict.
     """
+    artifacts = Path(artifacts_dir)
+    jobs = engine_jobs(artifacts, out, onnx_name=onnx_name, float_baseline=float_baseline)
+    plans = [(src, dst, _plan_build(src, artifacts, min_hw, opt_hw, max_hw, batch, custom)) for src, dst, custom in jobs]
+    reports = []
+    for src, dst, (profile, onnx_dtype, multiple, custom) in plans:
+        report = build_from_onnx(
+            src,
+            dst,
+            profile,
+            fp16=fp16,
+            onnx_dtype=onnx_dtype,
+            timing_cache=timing_cache,
+            plugin_lib=plugin_lib,
+            workspace_mib=workspace_mib,
+            needs_plugin=bool(custom),
+        )
+        report.update(size_multiple=multiple, custom_nodes=custom)
+        reports.append(report)
+    if len(reports) > 1:
+        reports[0]["float_baseline"] = reports[1]
+    return reports[0]
+
+
+def engine_jobs(
+    artifacts: Path, out: PathLike, *, onnx_name: str = "unet.onnx", float_baseline: Optional[bool] = None
+) -> List[Tuple[Path, Path, bool]]:
+    """(ONNX file, engine file, needs bimaco nodes) for each engine :func:`build_engine` writes."""
+    from .backends import FLOAT_ONNX, float_engine_path
+
+    float_onnx = Path(artifacts) / FLOAT_ONNX
+    if float_baseline and not float_onnx.is_file():
+        raise ArtifactError(f"{float_onnx} not found: export with --float-baseline to build the float baseline engine")
+    jobs = [(Path(artifacts) / onnx_name, Path(out), True)]
+    if float_baseline is not False and float_onnx.is_file():
+        jobs.append((float_onnx, float_engine_path(out), False))
+    return jobs
+
+
+def _plan_build(
+    onnx_path: Path,
+    artifacts: Path,
+    min_hw: Union[str, HW],
+    opt_hw: Union[str, HW],
+    max_hw: Union[str, HW],
+    batch: Union[int, str, Sequence[int]],
+    require_custom: bool,
+) -> Tuple[Dict[str, ShapeRange], str, int, Dict[str, int]]:
+    """Profile, float dtype, size multiple and custom-node counts of one ONNX file, checked."""
     import onnx
 
-    artifacts = Path(artifacts_dir)
-    onnx_path = artifacts / onnx_name
     if not onnx_path.is_file():
         raise ArtifactError(f"{onnx_path} not found: run `bimaco-deploy export` first")
     try:
@@ -397,36 +448,21 @@ def build_engine(
     except Exception as err:
         raise ArtifactError(f"{onnx_path}: not a readable ONNX model: {err}") from err
     custom = count_custom_nodes(model)
-    if not custom:
+    if require_custom and not custom:
         raise ArtifactError(
             f"{onnx_path} has no {contract.DOMAIN} nodes: build the engine from unet.onnx, not the portable graph"
         )
     inputs = read_onnx_inputs(model)
     multiple = model_size_multiple(model, artifacts)
-    batch_range = parse_batch(batch)
     profile = profile_shapes(
         inputs,
         multiple=multiple,
         min_hw=parse_hw(min_hw),
         opt_hw=parse_hw(opt_hw),
         max_hw=parse_hw(max_hw),
-        batch=batch_range,
+        batch=parse_batch(batch),
     )
-    onnx_dtype = onnx_float_dtype(inputs)
-    del model  # the parser reads the file itself
-
-    report = build_from_onnx(
-        onnx_path,
-        out,
-        profile,
-        fp16=fp16,
-        onnx_dtype=onnx_dtype,
-        timing_cache=timing_cache,
-        plugin_lib=plugin_lib,
-        workspace_mib=workspace_mib,
-    )
-    report.update(size_multiple=multiple, custom_nodes=custom)
-    return report
+    return profile, onnx_float_dtype(inputs), multiple, custom
 
 
 def build_from_onnx(
@@ -439,8 +475,10 @@ def build_from_onnx(
     timing_cache: Optional[PathLike] = None,
     plugin_lib: Optional[PathLike] = None,
     workspace_mib: Optional[int] = None,
+    needs_plugin: bool = True,
 ) -> Dict[str, Any]:
-    """The TensorRT part of :func:`build_engine` for any ONNX with bimaco nodes (also single-layer graphs).
+    """The TensorRT part of :func:`build_engine` for any ONNX with bimaco nodes (also single-layer
+    graphs), or without them (``needs_plugin`` False: the float baseline).
 
     Loads the plugin library into the global registry (before parsing: the parser
     checks every node), parses reporting every parser error, adds the one profile,
@@ -454,7 +492,7 @@ def build_from_onnx(
     if builder is None:
         raise BackendUnavailable("TensorRT could not create a builder (no usable GPU or driver?)")
     # The global registry: the runtime that deserializes the engine later looks there too.
-    lib = load_plugin_library(trt, trt.get_plugin_registry(), plugin_lib)
+    lib = load_plugin_library(trt, trt.get_plugin_registry(), plugin_lib) if needs_plugin else None
 
     flags = 0
     if plan.strongly_typed and plan.trt_major == 10:
@@ -501,7 +539,7 @@ def build_from_onnx(
         "engine_bytes": out_path.stat().st_size,
         "onnx": str(onnx_path),
         "tensorrt": trt.__version__,
-        "plugin_library": str(lib),
+        "plugin_library": str(lib) if lib is not None else None,
         "precision": asdict(plan),
         "profile": {k: asdict(v) for k, v in profile.items()},
         "timing_cache": str(cache_path) if cache_path else None,

@@ -74,3 +74,28 @@ def test_bench_reports_backend_beside_float_baseline(tmp_path):
 def test_bench_rejects_a_size_the_model_cannot_take(tmp_path):
     result = CliRunner().invoke(app, ["bench", "--config", "bimacosr-tiny", "--size", "48x32"])
     assert result.exit_code == 2 and "multiples of 32" in result.output
+
+
+def test_onnxruntime_bench_times_the_float_model_exported_the_same_way(tmp_path):
+    art = tmp_path / "art"
+    result = CliRunner().invoke(app, ["export", "--out", str(art), "--config", "bimacosr-tiny", "--random-init",
+                                      "--no-vq", "--float-baseline"])
+    assert result.exit_code == 0, result.output
+    report_out = tmp_path / "bench.json"
+    result = CliRunner().invoke(app, ["bench", "--backend", "onnxruntime", "--artifacts", str(art), "--config",
+                                      "bimacosr-tiny", "--size", "32x32", "--warmup", "1", "--repeats", "2",
+                                      "--threads", "1", "--json", str(report_out)])
+    assert result.exit_code == 0, result.output
+    report = json.loads(report_out.read_text())
+    assert set(report["results"]) == {"onnxruntime", "float-baseline"}
+    assert report["baseline"].startswith("onnxruntime unet_float.onnx")
+    assert "Float baseline: onnxruntime unet_float.onnx" in result.output
+
+
+def test_onnxruntime_bench_without_a_float_export_says_how_to_make_one(tiny_artifacts, tmp_path):
+    report_out = tmp_path / "bench.json"
+    result = CliRunner().invoke(app, ["bench", "--backend", "onnxruntime", "--artifacts", str(tiny_artifacts),
+                                      "--config", "bimacosr-tiny", "--size", "32x32", "--json", str(report_out)])
+    assert result.exit_code == 2
+    assert "unet_float.onnx not found" in result.output and "--float-baseline" in result.output
+    assert not report_out.exists()

@@ -212,3 +212,30 @@ def test_dead_entries_are_dropped(tiny_cfg, tiny_state):
     names = {t.name for t in g.model.graph.initializer}
     assert not any("move0" in n or "channel_threshold" in n or "attn_mask" in n for n in names)
     assert not any(n.startswith("input_blocks.3.0.op.smb") or n.startswith("input_blocks.3.0.op.lrmb") for n in names)
+
+
+def test_float_baseline_graph_equals_the_torch_float_twin(tiny_cfg):
+    """unet_float.onnx (the bench baseline) is the float model of the family, not something
+    merely shaped like it: same seeded weights, same output as the torch float twin."""
+    import onnx
+    import torch
+    from dataclasses import replace
+
+    from bimaco_deploy.export.exporter import build_float_baseline
+    from bimaco_deploy.models import float_twin, load_unet
+    from bimaco_deploy.runtime.ort_backend import make_session
+
+    model = build_float_baseline(tiny_cfg, seed=3)
+    onnx.checker.check_model(model)
+    assert not any(n.domain for n in model.graph.node), "the float baseline must hold standard ops only"
+    ref = load_unet(replace(tiny_cfg, unet=float_twin(tiny_cfg.unet)), None, seed=3).eval()
+    g = torch.Generator().manual_seed(0)
+    m = tiny_cfg.unet.size_multiple
+    x = torch.randn(2, tiny_cfg.unet.out_channels, 2 * m, m, generator=g)
+    lq = torch.randn(2, tiny_cfg.unet.in_channels - tiny_cfg.unet.out_channels, 2 * m, m, generator=g)
+    t = torch.tensor([3, 14])
+    with torch.no_grad():
+        want = ref(x, t, lq).numpy()
+    got = make_session(model, device="cpu").run(["out"], {"x": x.numpy(), "timesteps": t.numpy(), "lq": lq.numpy()})[0]
+    scale = np.abs(want).max()
+    assert np.abs(got - want).max() < 1e-4 * scale

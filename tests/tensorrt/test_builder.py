@@ -215,3 +215,28 @@ def test_bench_rejects_bad_arguments(tmp_path):
 
     with pytest.raises(InputError, match="iters"):
         bench_engine(tmp_path / "unet.plan", iters=0)
+
+
+def test_float_export_gets_its_engine_built_beside_the_binary_one(tmp_path):
+    d = _tiny_model(tmp_path / "a", custom=True)
+    assert [j[1].name for j in tb.engine_jobs(d, tmp_path / "unet.plan")] == ["unet.plan"]
+    onnx.save(onnx.load(str(d / "unet.onnx")), str(d / "unet_float.onnx"))
+    jobs = tb.engine_jobs(d, tmp_path / "unet.plan")
+    assert [(src.name, dst.name, custom) for src, dst, custom in jobs] == [
+        ("unet.onnx", "unet.plan", True), ("unet_float.onnx", "unet_float.plan", False)]
+    assert len(tb.engine_jobs(d, tmp_path / "unet.plan", float_baseline=False)) == 1
+
+
+def test_a_required_float_baseline_that_was_not_exported_is_named(tmp_path):
+    d = _tiny_model(tmp_path / "a", custom=True)
+    with pytest.raises(ArtifactError, match="unet_float.onnx not found.*--float-baseline"):
+        tb.build_engine(d, tmp_path / "e.plan", float_baseline=True)
+    assert not (tmp_path / "e.plan").exists()
+
+
+def test_tensorrt_bench_names_the_missing_float_engine(tmp_path):
+    from bimaco_deploy.runtime.backends import BackendSpec, make_float_baseline
+
+    spec = BackendSpec("tensorrt", load_config("bimacosr-tiny"), engine=tmp_path / "unet.plan")
+    with pytest.raises(ArtifactError, match="unet_float.plan not found.*--float-baseline"):
+        make_float_baseline(spec)

@@ -147,3 +147,22 @@ def test_engine_rejects_shapes_outside_the_profile(artifacts, tmp_path):
     x = np.zeros((1, 3, 64, 64), np.float32)
     with pytest.raises(InputError, match="optimization profile"):
         engine(x, np.array([14]), x)
+
+
+def test_float_baseline_engine_is_built_the_same_way_and_benched_beside(tmp_path):
+    """export --float-baseline, build, bench: the binary and float engines share profile and
+    precision, and bench times the float engine beside the binary one in the same run."""
+    from bimaco_deploy.export.exporter import export
+    from bimaco_deploy.models.config import load_config
+    from bimaco_deploy.runtime.backends import BackendSpec
+    from bimaco_deploy.runtime.bench import bench_unet
+
+    art = tmp_path / "art"
+    export(TINY / "config.yaml", None, art, with_vq=False, float_baseline=True, progress=False, print_report=False)
+    report = tb.build_engine(art, tmp_path / "unet.plan", min_hw="32", opt_hw="64", max_hw="64")
+    fb = report["float_baseline"]
+    assert fb["engine"].endswith("unet_float.plan") and not fb["custom_nodes"]
+    assert fb["precision"] == report["precision"] and fb["profile"] == report["profile"]
+    spec = BackendSpec("tensorrt", load_config(TINY / "config.yaml"), engine=tmp_path / "unet.plan")
+    bench = bench_unet(spec, size=(64, 64), warmup=1, repeats=3)
+    assert set(bench["results"]) == {"tensorrt", "float-baseline"} and bench["baseline"] == "tensorrt unet_float.plan"

@@ -116,6 +116,31 @@ def bench_unet(
     one second before them subtracted into ``dynamic_energy_per_image_j``. Returns a
     JSON-serialisable dict.
     """
+    previous = torch.get_num_threads()
+    try:
+        return _bench_unet(spec, size=size, batch=batch, warmup=warmup, repeats=repeats, threads=threads,
+                           baseline=baseline, seed=seed, progress=progress, energy=energy, tegrastats=tegrastats)
+    finally:
+        # a library call must not leave the process's torch threads changed (it changes the
+        # float summation order of everything that runs afterwards)
+        torch.set_num_threads(previous)
+
+
+def _bench_unet(
+    spec: BackendSpec,
+    *,
+    size: Tuple[int, int] = (64, 64),
+    batch: int = 1,
+    warmup: int = 3,
+    repeats: int = 10,
+    threads: Optional[int] = None,
+    baseline: bool = True,
+    seed: int = 0,
+    progress: Optional[Callable[[str], None]] = None,
+    energy: Optional[bool] = None,
+    tegrastats: Union[str, Sequence[str]] = "tegrastats",
+) -> Dict[str, Any]:
+    """:func:`bench_unet` without the restoring of torch's thread count."""
     cfg = spec.config
     h, w = size
     m = cfg.unet.size_multiple
@@ -124,7 +149,7 @@ def bench_unet(
     if batch <= 0 or repeats <= 0 or warmup < 0:
         raise InputError(f"batch ({batch}) and repeats ({repeats}) must be positive, warmup ({warmup}) non-negative")
     if threads is not None:
-        torch.set_num_threads(threads)
+        torch.set_num_threads(threads)  # restored by bench_unet
         if spec.threads is None:
             spec = replace(spec, threads=threads)
     say = progress or (lambda _msg: None)

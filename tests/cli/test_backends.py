@@ -6,6 +6,7 @@ import json
 
 import numpy as np
 import pytest
+import torch
 from PIL import Image
 from typer.testing import CliRunner
 
@@ -82,10 +83,13 @@ def test_onnxruntime_bench_times_the_float_model_exported_the_same_way(tmp_path)
                                       "--no-vq", "--float-baseline"])
     assert result.exit_code == 0, result.output
     report_out = tmp_path / "bench.json"
+    threads_before = torch.get_num_threads()
     result = CliRunner().invoke(app, ["bench", "--backend", "onnxruntime", "--artifacts", str(art), "--config",
                                       "bimacosr-tiny", "--size", "32x32", "--warmup", "1", "--repeats", "2",
                                       "--threads", "1", "--json", str(report_out)])
     assert result.exit_code == 0, result.output
+    # --threads applies to the benchmark only: everything after it keeps its float summation order
+    assert torch.get_num_threads() == threads_before
     report = json.loads(report_out.read_text())
     assert set(report["results"]) == {"onnxruntime", "float-baseline"}
     assert report["baseline"].startswith("onnxruntime unet_float.onnx")

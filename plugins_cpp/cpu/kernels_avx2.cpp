@@ -69,7 +69,7 @@ inline void block(const Gemm& g, const uint32_t* xb, const uint32_t* xz, const f
       __m256i bd[P], bv[P];
       for (int i = 0; i < P; ++i) bd[i] = bv[i] = _mm256_setzero_si256();
       // not unrolled: fully unrolled (kWords fixed), GCC hoists every lookup of every word
-      // ahead of the byte adds and spills them to the stack (8% slower, bench_layers)
+      // ahead of the byte adds and spills them to the stack (4-10% slower on the model's shapes)
 #pragma GCC unroll 1
       for (int j = j0; j < j1; ++j) {
         const __m256i wv = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(wk + j * kLanes));

@@ -76,6 +76,11 @@ def _metadata(cfg: Any, dtype: str, graph_form: str, extra: Optional[Dict[str, s
     return meta
 
 
+def _unet_io_metadata(cfg: Any) -> Dict[str, str]:
+    """What every UNet graph says about its interface (the runtimes read size_multiple)."""
+    return {"size_multiple": str(cfg.unet.size_multiple), "inputs": "x,timesteps,lq", "outputs": "out"}
+
+
 def _set_metadata(model: onnx.ModelProto, meta: Dict[str, str]) -> None:
     del model.metadata_props[:]
     onnx.helper.set_model_props(model, meta)
@@ -110,8 +115,7 @@ def build_float_baseline(cfg: Any, *, dtype: str = "fp32", seed: Optional[int] =
     del model
     graph = build_unet_graph(fcfg.unet, state, float_dtype=DTYPES[dtype], source="float twin, random init",
                              float_model=True)
-    extra = {"size_multiple": str(cfg.unet.size_multiple), "inputs": "x,timesteps,lq", "outputs": "out",
-             "float_baseline_of": str(cfg.source)}
+    extra = {**_unet_io_metadata(cfg), "float_baseline_of": str(cfg.source)}
     _set_metadata(graph.model, _metadata(cfg, dtype, "float", extra))
     return graph.model
 
@@ -179,9 +183,7 @@ def export(
             del state
             one = cfg.diffusion.one_step() if cfg.diffusion is not None else None
             extra = {
-                "size_multiple": str(cfg.unet.size_multiple),
-                "inputs": "x,timesteps,lq",
-                "outputs": "out",
+                **_unet_io_metadata(cfg),
                 # tensor names around every binary layer: the parity checker cuts single-layer graphs here
                 "binary_layers": json.dumps([[r.name, r.input_name, r.output_name, r.x_rank] for r in graph.layers]),
             }

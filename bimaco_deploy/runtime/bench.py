@@ -11,13 +11,14 @@ throughput, peak memory (process RSS on CPU, allocator peak on CUDA).
 
 from __future__ import annotations
 
+import contextlib
 import gc
 import platform
 import resource
 import statistics
 import time
 from dataclasses import replace
-from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple, Union
+from typing import Any, Callable, Dict, Iterator, List, Optional, Sequence, Tuple, Union
 
 import numpy as np
 import torch
@@ -93,6 +94,20 @@ def _measure_energy(
     return out
 
 
+@contextlib.contextmanager
+def _torch_threads(threads: Optional[int]) -> Iterator[None]:
+    """torch's thread count set to ``threads`` (None: unchanged) for the block, then restored:
+    a library call must not leave it changed for the rest of the process, where it would change
+    the float summation order of everything that runs afterwards."""
+    previous = torch.get_num_threads()
+    if threads is not None:
+        torch.set_num_threads(threads)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(previous)
+
+
 def bench_unet(
     spec: BackendSpec,
     *,
@@ -116,31 +131,6 @@ def bench_unet(
     one second before them subtracted into ``dynamic_energy_per_image_j``. Returns a
     JSON-serialisable dict.
     """
-    previous = torch.get_num_threads()
-    try:
-        return _bench_unet(spec, size=size, batch=batch, warmup=warmup, repeats=repeats, threads=threads,
-                           baseline=baseline, seed=seed, progress=progress, energy=energy, tegrastats=tegrastats)
-    finally:
-        # a library call must not leave the process's torch threads changed (it changes the
-        # float summation order of everything that runs afterwards)
-        torch.set_num_threads(previous)
-
-
-def _bench_unet(
-    spec: BackendSpec,
-    *,
-    size: Tuple[int, int] = (64, 64),
-    batch: int = 1,
-    warmup: int = 3,
-    repeats: int = 10,
-    threads: Optional[int] = None,
-    baseline: bool = True,
-    seed: int = 0,
-    progress: Optional[Callable[[str], None]] = None,
-    energy: Optional[bool] = None,
-    tegrastats: Union[str, Sequence[str]] = "tegrastats",
-) -> Dict[str, Any]:
-    """:func:`bench_unet` without the restoring of torch's thread count."""
     cfg = spec.config
     h, w = size
     m = cfg.unet.size_multiple
@@ -148,69 +138,68 @@ def _bench_unet(
         raise InputError(f"latent size {h}x{w}: H and W must be positive multiples of {m} for this model")
     if batch <= 0 or repeats <= 0 or warmup < 0:
         raise InputError(f"batch ({batch}) and repeats ({repeats}) must be positive, warmup ({warmup}) non-negative")
-    if threads is not None:
-        torch.set_num_threads(threads)  # restored by bench_unet
-        if spec.threads is None:
-            spec = replace(spec, threads=threads)
-    say = progress or (lambda _msg: None)
-    device = spec.device
-    one = cfg.diffusion.one_step().timestep if cfg.diffusion is not None else 14
-    c_lat = cfg.unet.out_channels
-    x, t, lq = _inputs(batch, h, w, c_lat, cfg.unet.in_channels - c_lat, one, device, seed)
+    if threads is not None and spec.threads is None:
+        spec = replace(spec, threads=threads)
+    with _torch_threads(threads):
+        say = progress or (lambda _msg: None)
+        device = spec.device
+        one = cfg.diffusion.one_step().timestep if cfg.diffusion is not None else 14
+        c_lat = cfg.unet.out_channels
+        x, t, lq = _inputs(batch, h, w, c_lat, cfg.unet.in_channels - c_lat, one, device, seed)
 
-    models: Dict[str, Callable] = {}
-    say(f"loading {spec.name} backend")
-    models[spec.name] = make_unet(spec)
-    baseline_what = None
-    if baseline:
-        say("loading the float baseline")
-        models["float-baseline"], baseline_what = make_float_baseline(spec)
+        models: Dict[str, Callable] = {}
+        say(f"loading {spec.name} backend")
+        models[spec.name] = make_unet(spec)
+        baseline_what = None
+        if baseline:
+            say("loading the float baseline")
+            models["float-baseline"], baseline_what = make_float_baseline(spec)
 
-    times: Dict[str, List[float]] = {k: [] for k in models}
-    with torch.no_grad():
-        for name, fn in models.items():
-            for _ in range(warmup):
-                fn(x, t, lq)
-            _sync(device)
-        for r in range(repeats):
-            say(f"repeat {r + 1}/{repeats}")
+        times: Dict[str, List[float]] = {k: [] for k in models}
+        with torch.no_grad():
             for name, fn in models.items():
+                for _ in range(warmup):
+                    fn(x, t, lq)
                 _sync(device)
-                t0 = time.perf_counter()
-                fn(x, t, lq)
-                _sync(device)
-                times[name].append(1000.0 * (time.perf_counter() - t0))
-        use_energy = TegrastatsSampler.available() if energy is None else energy
-        energy_report = (
-            _measure_energy(models, (x, t, lq), repeats * batch, repeats, device, say, tegrastats) if use_energy else None
-        )
-    results = {name: _stats(ts, batch) for name, ts in times.items()}
-    report: Dict[str, Any] = {
-        "backend": spec.name,
-        "config": str(cfg.source),
-        "latent_size": [h, w],
-        "batch": batch,
-        "warmup": warmup,
-        "repeats": repeats,
-        "threads": torch.get_num_threads(),
-        "device": device,
-        "machine": {"cpu": _cpu_name(), "python": platform.python_version(), "torch": torch.__version__},
-        "results": results,
-        "peak_rss_mib": _peak_rss_mib(),
-    }
-    facts = jetson_facts()
-    if facts["is_jetson"]:
-        report["jetson"] = facts
-    if energy_report is not None:
-        report["energy"] = energy_report
-    if device.startswith("cuda"):
-        report["cuda_peak_mib"] = torch.cuda.max_memory_allocated() / 2**20
-    if baseline:
-        report["baseline"] = baseline_what
-        report["speedup_vs_float"] = results["float-baseline"]["p50_ms"] / results[spec.name]["p50_ms"]
-    del models
-    gc.collect()
-    return report
+            for r in range(repeats):
+                say(f"repeat {r + 1}/{repeats}")
+                for name, fn in models.items():
+                    _sync(device)
+                    t0 = time.perf_counter()
+                    fn(x, t, lq)
+                    _sync(device)
+                    times[name].append(1000.0 * (time.perf_counter() - t0))
+            use_energy = TegrastatsSampler.available() if energy is None else energy
+            energy_report = (
+                _measure_energy(models, (x, t, lq), repeats * batch, repeats, device, say, tegrastats) if use_energy else None
+            )
+        results = {name: _stats(ts, batch) for name, ts in times.items()}
+        report: Dict[str, Any] = {
+            "backend": spec.name,
+            "config": str(cfg.source),
+            "latent_size": [h, w],
+            "batch": batch,
+            "warmup": warmup,
+            "repeats": repeats,
+            "threads": torch.get_num_threads(),
+            "device": device,
+            "machine": {"cpu": _cpu_name(), "python": platform.python_version(), "torch": torch.__version__},
+            "results": results,
+            "peak_rss_mib": _peak_rss_mib(),
+        }
+        facts = jetson_facts()
+        if facts["is_jetson"]:
+            report["jetson"] = facts
+        if energy_report is not None:
+            report["energy"] = energy_report
+        if device.startswith("cuda"):
+            report["cuda_peak_mib"] = torch.cuda.max_memory_allocated() / 2**20
+        if baseline:
+            report["baseline"] = baseline_what
+            report["speedup_vs_float"] = results["float-baseline"]["p50_ms"] / results[spec.name]["p50_ms"]
+        del models
+        gc.collect()
+        return report
 
 
 def _cpu_name() -> str:

@@ -6,6 +6,7 @@
 #include <atomic>
 #include <cstdlib>
 #include <cstring>
+#include <mutex>
 #include <stdexcept>
 #include <thread>
 
@@ -328,10 +329,11 @@ struct Pointwise {
 // so one chunk's planes all fall into the same few cache sets, and reading them strided
 // three times (pack, project, SMB) missed to L3 every time; a linear layer's output rows
 // are as bad for the epilogue, which works per output channel.
-// `g` is fully prepared except for the activations; `wz_any` is the repacked zero mask
-// for chunks whose activations hold exact zeros.
-void run_pointwise(Isa isa, const Pointwise& s, const float* x, float* y, Gemm g, const uint32_t* wz_any,
-                   const float* down_t, const ParallelFor& pfor) {
+// `g` is fully prepared from `p` except for the activations. The masked kernel runs only
+// on chunks whose activations (or the weights) hold exact zeros; the zero mask of weights
+// without zeros is repacked once, by the first such chunk, since most calls have none.
+void run_pointwise(Isa isa, const Pointwise& s, const float* x, float* y, Gemm g, Prepared& p, const float* down_t,
+                   const ParallelFor& pfor) {
   const int64_t hw = s.hw;
   const int words = num_words(s.c), c = s.c, o = s.o;
   const int rank = g.side && g.side->lr_down ? g.side->rank : 0;
@@ -356,6 +358,7 @@ void run_pointwise(Isa isa, const Pointwise& s, const float* x, float* y, Gemm g
   // Tiny problems (a time-embedding linear on one row) finish faster than a thread
   // wake-up, which on a busy machine can take a scheduler tick: run them inline.
   const bool small = int64_t(s.n) * hw * nob * words < kInlineWork;
+  std::once_flag wz_once;
   (small ? serial : pfor)(int64_t(s.n) * nchunks, [&](int64_t b, int64_t e) {
     thread_local std::vector<float> strip, lr, tile;
     strip.resize(size_t(c) * kPixelChunk);
@@ -374,8 +377,9 @@ void run_pointwise(Isa isa, const Pointwise& s, const float* x, float* y, Gemm g
                                  &xzero[pix * words], &xs[pix]);
       if (rank) down(strip.data(), c, kPixelChunk, np, rank, down_t, lr.data(), kPixelChunk);
       Gemm gt = g;
-      if (z || g.wz) {  // the masked kernel only where this chunk (or the weights) has zeros
-        gt.wz = wz_any;
+      if (z || g.wz) {
+        if (!g.wz) std::call_once(wz_once, [&] { repack(nullptr, o, 1, words, c, g.lanes, true, &p.wz); });
+        gt.wz = p.wz.data();
         gt.xzero = xzero.data();
       }
       gt.x_p0 = gt.y_p0 = p0;
@@ -402,12 +406,10 @@ void run_pointwise(Isa isa, const Pointwise& s, const float* x, float* y, Gemm g
   });
 }
 
-// Repacks the weights for run_pointwise: the zero mask always (whether activations hold
-// zeros is found per chunk), handed over as wz only when the weights have zeros.
+// Repacks the weights for run_pointwise (the zero mask only when the weights have zeros).
 void prepare_pointwise(Isa isa, const Pointwise& s, const int32_t* wbits, const int32_t* wzero, const float* alpha,
                        const float* bias, const SideBranches* side, Prepared* p, Gemm* g) {
-  prepare(isa, s.o, 1, num_words(s.c), s.c, wbits, wzero, true, alpha, bias, p, g);
-  if (!wzero) g->wz = nullptr;
+  prepare(isa, s.o, 1, num_words(s.c), s.c, wbits, wzero, wzero != nullptr, alpha, bias, p, g);
   static const int64_t tap0 = 0;
   g->tap_off = &tap0;
   g->side = side;
@@ -508,7 +510,7 @@ void binary_conv2d(const ConvShape& s, const float* x, const int32_t* wbits, con
     Gemm g;
     Prepared p;
     prepare_pointwise(isa, pw, wbits, wzero, alpha, bias, side, &p, &g);
-    run_pointwise(isa, pw, x, y, g, p.wz.data(), lowrank ? down_t.data() : nullptr, pfor);
+    run_pointwise(isa, pw, x, y, g, p, lowrank ? down_t.data() : nullptr, pfor);
     return;
   }
   const int64_t hp = int64_t(s.h) + s.pad_top + s.pad_bottom;
@@ -583,7 +585,7 @@ void binary_linear(const LinearShape& s, const float* x, const int32_t* wbits, c
   Gemm g;
   Prepared p;
   prepare_pointwise(isa, pw, wbits, wzero, alpha, bias, side, &p, &g);
-  run_pointwise(isa, pw, x, y, g, p.wz.data(), down_t.empty() ? nullptr : down_t.data(), pfor);
+  run_pointwise(isa, pw, x, y, g, p, down_t.empty() ? nullptr : down_t.data(), pfor);
 }
 
 }  // namespace cpu

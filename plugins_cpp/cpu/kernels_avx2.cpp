@@ -155,7 +155,7 @@ void gemm_impl(const Gemm& g, const Tile& t) {
 
 }  // namespace
 
-void side_avx2(const Gemm& g, const Tile& t) { side_tile(g, t); }
+void side_avx2(const Gemm& g, const Tile& t) { side_planes(g, t); }
 void down_planes_avx2(const float* x, int c, int64_t x_stride, int w, int rank, const float* down_t, float* t,
                         int64_t t_stride) {
   down_planes(x, c, x_stride, w, rank, down_t, t, t_stride);

@@ -12,7 +12,7 @@ namespace detail {
 
 void gemm_scalar(const Gemm& g, const Tile& t) { scalar_impl::gemm(g, t); }
 
-void side_generic(const Gemm& g, const Tile& t) { side_tile(g, t); }
+void side_generic(const Gemm& g, const Tile& t) { side_planes(g, t); }
 void down_planes_generic(const float* x, int c, int64_t x_stride, int w, int rank, const float* down_t, float* t,
                         int64_t t_stride) {
   down_planes(x, c, x_stride, w, rank, down_t, t, t_stride);

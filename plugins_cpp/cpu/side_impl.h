@@ -190,8 +190,6 @@ inline void transpose(const float* src, int64_t src_stride, float* dst, int64_t 
   }
 }
 
-inline void side_tile(const Gemm& g, const Tile& t) { side_planes(g, t); }
-
 }  // namespace
 }  // namespace detail
 }  // namespace cpu

@@ -2,7 +2,7 @@
 
 Batch 1, 64x64 latent (the published model's training size), same process, same threads,
 timings interleaved repeat by repeat. The binary model is ``load_unet("bimacosr")`` with
-random weights, converted by :func:`bimaco_deploy.runtime.packed_torch.pack_unet`; the
+random weights, converted by :func:`bimaco_deploy.backends.packed_torch.pack_unet`; the
 float baseline is ``load_unet("resshift-float")`` (random init). A torch.profiler pass
 over one packed forward says where the time goes (the fused binary layers, norms,
 attention, full-precision convs, the rest), and a per-layer re-run splits the binary
@@ -32,7 +32,7 @@ sys.path.insert(0, str(REPO))
 
 from bimaco_deploy.models import load_config, load_unet  # noqa: E402
 from bimaco_deploy.plugins import native, torch_ops  # noqa: E402
-from bimaco_deploy.runtime.packed_torch import memory_report, pack_unet, tensor_bytes  # noqa: E402
+from bimaco_deploy.backends.packed_torch import memory_report, pack_unet, tensor_bytes  # noqa: E402
 
 RESULTS = REPO / "benchmarks" / "results"
 
@@ -83,7 +83,7 @@ def split_binary_layers(model, args, repeats: int = 3) -> Dict[str, float]:
     (and the average-pool shortcut) cost. Medians of ``repeats`` calls, summed over layers.
     """
     from bimaco_deploy.models.probes import capture_binary_inputs
-    from bimaco_deploy.runtime.packed_torch import PACKED_TYPES, PackedBinaryConv2d
+    from bimaco_deploy.backends.packed_torch import PACKED_TYPES, PackedBinaryConv2d
 
     layers = [(n, m) for n, m in model.named_modules() if isinstance(m, PACKED_TYPES)]
     with torch.no_grad(), capture_binary_inputs(model, layers=layers) as captured:

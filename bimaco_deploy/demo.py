@@ -39,9 +39,10 @@ def run(out: Path = REPO / "out" / "demo") -> int:
     from .export.exporter import export
     from .models import load_config
     from .models.inventory import inventory, render_inventory
-    from .runtime.backends import BackendSpec, make_pipeline
-    from .runtime.infer import infer
-    from .runtime.parity import check, render_check_report
+    from .backends import BackendSpec
+    from .pipeline.factory import make_pipeline
+    from .pipeline.infer import infer
+    from .check.parity import check, render_check_report
 
     console = Console()
     config, ckpt, vq_ckpt = _tiny_weights()

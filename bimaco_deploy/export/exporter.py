@@ -32,6 +32,7 @@ import onnx
 
 from ..errors import ArtifactError, ConfigError
 from ..plugins import contract
+from .artifacts import FLOAT_FILE, PORTABLE_FILE, REPORT_FILE, UNET_FILE, VQ_DECODER_FILE, VQ_ENCODER_FILE
 from .graph_builder import DEFAULT_OPSET
 from .layer_params import state_to_numpy
 from .portable import to_portable
@@ -41,12 +42,6 @@ from .vq import build_vq_graphs
 
 PathLike = Union[str, Path]
 
-UNET_FILE = "unet.onnx"
-PORTABLE_FILE = "unet_portable.onnx"
-FLOAT_FILE = "unet_float.onnx"
-VQ_ENCODER_FILE = "vq_encoder.onnx"
-VQ_DECODER_FILE = "vq_decoder.onnx"
-REPORT_FILE = "export_report.json"
 
 DTYPES = {"fp32": np.float32, "fp16": np.float16}
 

@@ -103,7 +103,7 @@ def test_bad_options(tmp_path):
 
 
 def test_vq_graphs_match_the_fixture(tiny_export):
-    from bimaco_deploy.runtime.ort_backend import OrtVQ
+    from bimaco_deploy.backends.onnxruntime import OrtVQ
 
     io = np.load(_need("vqgan_io.npz"))
     # the config says use_fp16, so the graphs compute in float16: compare with the float16 fixture loosely,
@@ -114,7 +114,7 @@ def test_vq_graphs_match_the_fixture(tiny_export):
     from bimaco_deploy.export.layer_params import state_to_numpy
     from bimaco_deploy.export.vq import build_vq_graphs
     from bimaco_deploy.models import load_autoencoder
-    from bimaco_deploy.runtime.ort_backend import make_session
+    from bimaco_deploy.backends.onnxruntime import make_session
 
     cfg_path = _need("vqgan.yaml")
     model = load_autoencoder(cfg_path, _need("vqgan.pth"))
@@ -128,7 +128,7 @@ def test_vq_graphs_match_the_fixture(tiny_export):
 def test_fp16_export_error_is_measured(tmp_path):
     """fp16 keeps sign bits exact but rounds activations: single layers stay within 1e-2 relative;
     the whole model diverges through sign flips (documented in the report of the task)."""
-    from bimaco_deploy.runtime.ort_backend import OrtUNet
+    from bimaco_deploy.backends.onnxruntime import OrtUNet
 
     res = export(_need("config.yaml"), _need("bimacosr_tiny.pth"), tmp_path / "fp16", dtype="fp16",
                  progress=False, print_report=False)
@@ -144,7 +144,7 @@ def test_fp16_export_error_is_measured(tmp_path):
     err = np.abs(out - io["case1_out"]).max() / np.abs(io["case1_out"]).max()
     assert err < 5.0  # not parity: a figure to report; flips make fp16 diverge like any reordering
     # teacher-forced, float16 layers stay within about 1e-3 of the float32 reference (measured 7e-4)
-    from bimaco_deploy.runtime.parity import check
+    from bimaco_deploy.check.parity import check
 
     rep = check(_need("config.yaml"), _need("bimacosr_tiny.pth"), res.out_dir, levels=(1,),
                 layers=["input_blocks.4.0.in_layers.2", "input_blocks.7.1.blocks.1.attn.qkv", "time_embed.2"])

@@ -34,7 +34,7 @@ def tiny_cfg():
 def portable_exposed(tiny_cfg, tiny_state):
     """The portable graph with every binary layer's input as an extra output, and its session."""
     from bimaco_deploy.export.unet_graph import build_unet_graph
-    from bimaco_deploy.runtime.ort_backend import make_session
+    from bimaco_deploy.backends.onnxruntime import make_session
 
     g = build_unet_graph(tiny_cfg.unet, tiny_state, portable=True, expose_binary_inputs=True)
     return g, make_session(g.model, device="cpu")
@@ -104,7 +104,7 @@ def test_portable_equals_custom_apart_from_the_expansion(tiny_cfg, tiny_state):
 def test_layers_npz_teacher_forced(tiny_cfg, tiny_state):
     from bimaco_deploy.export.layer_params import StateReader, read_binary_conv, read_binary_linear
     from bimaco_deploy.export.onnx_nodes import single_layer_model
-    from bimaco_deploy.runtime.ort_backend import make_session
+    from bimaco_deploy.backends.onnxruntime import make_session
 
     data = np.load(_need("layers.npz"))
     reader = StateReader(tiny_state)
@@ -158,7 +158,7 @@ def test_io_npz_against_reference_with_flip_accounting(portable_exposed, referen
     flips and the output matches the original to 1e-5, or the first flip has margin < 1e-4."""
     import torch
 
-    from bimaco_deploy.runtime.parity import capture_layers, classify_flips
+    from bimaco_deploy.check.parity import capture_layers, classify_flips
 
     g, sess = portable_exposed
     io = np.load(_need("io.npz"))
@@ -223,7 +223,7 @@ def test_float_baseline_graph_equals_the_torch_float_twin(tiny_cfg):
 
     from bimaco_deploy.export.exporter import build_float_baseline
     from bimaco_deploy.models import float_twin, load_unet
-    from bimaco_deploy.runtime.ort_backend import make_session
+    from bimaco_deploy.backends.onnxruntime import make_session
 
     model = build_float_baseline(tiny_cfg, seed=3)
     onnx.checker.check_model(model)

@@ -1,0 +1,162 @@
+"""What a backend is, and the registry of backend names (``--backend NAME``).
+
+A backend turns a :class:`BackendSpec` (config, checkpoint, artifacts, engine, device)
+into the pieces the rest of the tool plugs together:
+
+* :meth:`Backend.unet`: the UNet callable ``unet(x, timesteps, lq) -> x0`` (float32 torch
+  tensors in and out) that the SR pipeline calls;
+* :meth:`Backend.float_baseline`: the float model of the same family, run the same way,
+  that every speed figure is compared with;
+* :meth:`Backend.autoencoder`: the VQ autoencoder the pipeline wraps around the UNet;
+* :meth:`Backend.parity_runner`: what ``check`` needs to compare layer by layer.
+
+Each backend is one module of this package that defines a :class:`Backend` subclass and
+decorates it with :func:`register`. :func:`get_backend` imports the package's modules on
+first use, so adding a backend means adding one module: no list of names to edit.
+Heavy libraries (onnxruntime, tensorrt, cuda-python) are imported inside the methods
+that need them, so listing the backends costs nothing.
+"""
+
+from __future__ import annotations
+
+import importlib
+import pkgutil
+from abc import ABC, abstractmethod
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable, ClassVar, Dict, List, Optional, Protocol, Tuple, Type, TypeVar, Union
+
+import numpy as np
+import torch
+
+from ..errors import BackendUnavailable, BimacoError, ConfigError
+from ..models.config import ModelConfig, load_config
+
+PathLike = Union[str, Path]
+UNetFn = Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]
+
+
+class VQLike(Protocol):
+    """Any autoencoder the pipeline can use: ``encode`` (no quantization) and ``decode``
+    (quantizing first), with the spatial ``downscale`` factor (4 for VQ-f4)."""
+
+    downscale: int
+
+    def encode(self, image: Any) -> Any: ...
+
+    def decode(self, latent: Any) -> Any: ...
+
+
+@dataclass
+class BackendSpec:
+    """Where a backend's model comes from: the options of ``infer``, ``check`` and ``bench``."""
+
+    name: str
+    config: ModelConfig
+    ckpt: Optional[PathLike] = None
+    seed: Optional[int] = None
+    artifacts: Optional[PathLike] = None
+    engine: Optional[PathLike] = None
+    plugin_lib: Optional[PathLike] = None
+    device: str = "cpu"
+    threads: Optional[int] = None  # ONNX Runtime intra-op threads (torch: torch.set_num_threads)
+
+
+class ParityRunner(ABC):
+    """What ``check`` needs from a backend: one binary layer on a given input, and the
+    whole UNet together with the input each binary layer saw (numpy in and out)."""
+
+    float_dtype: np.dtype
+    layer_names: List[str]
+    layer_ranks: Dict[str, int]  # the rank of each layer's input (margins are per row)
+
+    @abstractmethod
+    def run_layer(self, name: str, x: np.ndarray) -> np.ndarray:
+        """The output of binary layer ``name`` for input ``x``."""
+
+    @abstractmethod
+    def run_unet(self, x: np.ndarray, t: np.ndarray, lq: np.ndarray) -> Tuple[np.ndarray, Dict[str, np.ndarray]]:
+        """The UNet output and, per binary layer name, the input that layer saw."""
+
+
+class Backend(ABC):
+    """One way to run the model. Subclasses set :attr:`name` and :attr:`description` and
+    are registered with :func:`register`."""
+
+    name: ClassVar[str]
+    description: ClassVar[str]  # one line: what the UNet runs on, and what it needs
+
+    def __init__(self, spec: BackendSpec):
+        self.spec = spec
+
+    @abstractmethod
+    def unet(self) -> UNetFn:
+        """The UNet callable (raises :class:`BimacoError` naming what is missing)."""
+
+    @abstractmethod
+    def float_baseline(self) -> Tuple[UNetFn, str]:
+        """The float model of the same family on this backend, and a line saying what it is."""
+
+    def autoencoder(self, vq_ckpt: Optional[PathLike] = None) -> VQLike:
+        """The autoencoder: the torch reference (checkpoint, or seeded random weights)."""
+        from ..models.autoencoder import load_autoencoder
+
+        cfg = self.spec.config
+        if cfg.autoencoder is None:
+            raise ConfigError(f"{cfg.source}: missing section 'autoencoder' (needed for super-resolution)")
+        vq = load_autoencoder(cfg.autoencoder, vq_ckpt, seed=self.spec.seed)
+        return vq.to(self.spec.device) if self.spec.device != "cpu" else vq
+
+    def parity_runner(self) -> ParityRunner:
+        """Layer-by-layer access for ``check``; backends that cannot give it say so."""
+        raise BackendUnavailable(f"`check` does not support backend {self.name!r} yet")
+
+
+_REGISTRY: Dict[str, Type[Backend]] = {}
+_DISCOVERED = False
+B = TypeVar("B", bound=Type[Backend])
+
+
+def register(cls: B) -> B:
+    """Class decorator: make ``cls`` available as ``--backend cls.name``."""
+    other = _REGISTRY.get(cls.name)
+    if other is not None and other is not cls:
+        raise RuntimeError(f"backend name {cls.name!r} registered twice: {other.__module__} and {cls.__module__}")
+    _REGISTRY[cls.name] = cls
+    return cls
+
+
+def _discover() -> None:
+    """Import every module of this package once, so that each registers its backend."""
+    global _DISCOVERED
+    if _DISCOVERED:
+        return
+    package = importlib.import_module(__package__)
+    for info in pkgutil.walk_packages(package.__path__, prefix=f"{__package__}."):
+        importlib.import_module(info.name)
+    _DISCOVERED = True
+
+
+def backend_names() -> List[str]:
+    """Every registered backend name, in registration order."""
+    _discover()
+    return list(_REGISTRY)
+
+
+def get_backend(name: str) -> Type[Backend]:
+    """The backend class registered as ``name``."""
+    _discover()
+    try:
+        return _REGISTRY[name]
+    except KeyError:
+        raise BimacoError(f"unknown backend {name!r}; choose one of {', '.join(_REGISTRY)}") from None
+
+
+def make_backend(spec: BackendSpec) -> Backend:
+    """The backend ``spec.name``, set up from ``spec``."""
+    return get_backend(spec.name)(spec)
+
+
+def resolve_config(config: Union[PathLike, ModelConfig]) -> ModelConfig:
+    """A config path, built-in name or already-loaded config."""
+    return config if isinstance(config, ModelConfig) else load_config(config)

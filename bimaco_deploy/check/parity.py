@@ -1,0 +1,364 @@
+"""``bimaco-deploy check``: does a backend reproduce the PyTorch reference? Three levels.
+
+Binarized activations make whole-model outputs chaotic under rounding (DESIGN.md,
+"Parity"), so parity is judged at three levels:
+
+1. **Teacher-forced layers.** Every binary layer of the backend is run on its
+   own (for ONNX Runtime: cut out of the artifact's graph, from the layer's input
+   tensor to its output tensor) and fed the reference's own input; its output
+   must match the reference's to float tolerance, and any output sign
+   disagreement must sit at an element whose margin is below that tolerance.
+2. **Whole model** on fixture-like inputs (seeded normal x, uniform lq, the
+   one-step timestep): the sign pattern of every binary layer's input is
+   compared with the reference; the first flip is classified by its margin
+   ``|x| / s``: below ``fragile_margin`` it is float-rounding noise (the output
+   may then diverge, and is reported), otherwise it is a bug. Without a flip
+   the output must match tightly.
+3. **SR pipeline** on real LR images (``calib/images``): per-layer sign-flip
+   rates and the PSNR of the backend's SR image against the reference's.
+
+Tolerances are never loosened to hide a flip: flips are counted and shown.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any, Callable, Dict, Iterator, List, Optional, Sequence, Tuple, Union
+
+import numpy as np
+
+from ..backends import BackendSpec, ParityRunner, make_backend
+from ..errors import ArtifactError, InputError
+
+PathLike = Union[str, Path]
+
+
+@dataclass
+class Thresholds:
+    """Pass/fail limits of the three levels."""
+
+    layer_rel: float = 1e-5  # level 1: max |diff| / max |ref| per layer (float32 artifacts)
+    layer_rel_fp16: float = 2e-2  # level 1 for float16 artifacts
+    fragile_margin: float = 1e-4  # a flip at |x|/s below this is rounding noise, not a bug
+    # float16 artifacts round activations to ~5e-4 relative: elements within a few half-ulps flip
+    fragile_margin_fp16: float = 2e-3
+    model_rel: float = 1e-5  # level 2: max |diff| / max |ref| when no sign flipped
+    # level 3: backend SR vs reference SR. None: reported, not enforced. An untrained (fixture)
+    # model avalanches after one fragile flip (PSNR ~15 dB on calib images), a trained one should not
+    min_psnr_db: Optional[float] = None
+
+
+# --------------------------------------------------------------------------- reference capture
+
+
+@contextlib.contextmanager
+def capture_layers(model: Any, what: str = "both") -> Iterator[Dict[str, Dict[str, np.ndarray]]]:
+    """Record each binary layer's input (and output) on its first call, as numpy arrays."""
+    from ..models import iter_binary_layers
+
+    store: Dict[str, Dict[str, np.ndarray]] = {}
+    handles = []
+
+    def hook(name: str) -> Callable:
+        def fn(_m: Any, args: Tuple[Any, ...], out: Any) -> None:
+            if name in store:
+                return
+            entry = {"input": args[0].detach().cpu().numpy().copy()}
+            if what == "both":
+                entry["output"] = out.detach().cpu().numpy().copy()
+            store[name] = entry
+
+        return fn
+
+    for name, layer in iter_binary_layers(model):
+        handles.append(layer.register_forward_hook(hook(name)))
+    try:
+        yield store
+    finally:
+        for h in handles:
+            h.remove()
+
+
+def margins(x: np.ndarray, rank: int) -> np.ndarray:
+    """|x| / s, with s the mean |x| the element is binarized with (conv: over channels; linear: over the row)."""
+    axis = 1 if rank == 4 else -1
+    s = np.abs(x).mean(axis=axis, keepdims=True)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        return np.where(s > 0, np.abs(x) / s, 0.0)
+
+
+def sign_flips(ref: np.ndarray, other: np.ndarray) -> np.ndarray:
+    """Flat indices where sign(ref) != sign(other) (zero counts as its own sign)."""
+    return np.flatnonzero(np.sign(ref).reshape(-1) != np.sign(other).reshape(-1))
+
+
+def rel_error(ref: np.ndarray, other: np.ndarray) -> Tuple[float, float, float]:
+    """(max |diff|, max |diff| / max |ref|, mean |diff| / mean |ref|)."""
+    d = np.abs(other.astype(np.float64) - ref.astype(np.float64))
+    scale_max = max(float(np.abs(ref).max()), 1e-30)
+    scale_mean = max(float(np.abs(ref).mean()), 1e-30)
+    return float(d.max()), float(d.max() / scale_max), float(d.mean() / scale_mean)
+
+
+def psnr(a: np.ndarray, b: np.ndarray, peak: float = 1.0) -> float:
+    mse = float(np.mean((a.astype(np.float64) - b.astype(np.float64)) ** 2))
+    return float("inf") if mse == 0 else 10.0 * math.log10(peak * peak / mse)
+
+
+# --------------------------------------------------------------------------- levels
+
+
+def level1_layers(ref_layers: Dict[str, Dict[str, np.ndarray]], backend: ParityRunner, ranks: Dict[str, int], tol: float,
+                  only: Optional[Sequence[str]] = None) -> Dict[str, Any]:
+    """Teacher-forced single layers (all of them, or the ``only`` ones)."""
+    rows = []
+    names = backend.layer_names
+    if only:
+        unknown = sorted(set(only) - set(names))
+        if unknown:
+            raise InputError(f"no binary layer named {', '.join(unknown)} in the artifact")
+        names = [n for n in names if n in set(only)]
+    for name in names:
+        if name not in ref_layers:
+            raise ArtifactError(f"the reference model has no binary layer '{name}' (artifact and config disagree)")
+        x, y = ref_layers[name]["input"], ref_layers[name]["output"]
+        yb = backend.run_layer(name, x).astype(np.float32)
+        if yb.shape != y.shape:
+            raise ArtifactError(f"layer '{name}': backend output shape {yb.shape}, reference {y.shape}")
+        abs_err, max_rel, mean_rel = rel_error(y, yb)
+        flips = sign_flips(y, yb)
+        m = margins(y, ranks.get(name, y.ndim)).reshape(-1)[flips] if flips.size else np.zeros(0)
+        real = int((m >= tol).sum())
+        rows.append({
+            "name": name, "max_abs": abs_err, "max_rel": max_rel, "mean_rel": mean_rel,
+            "sign_disagreements": int(flips.size), "disagreements_above_tol": real,
+            "min_disagreement_margin": float(m.min()) if m.size else None,
+            "passed": bool(max_rel <= tol and real == 0),
+        })
+    worst = max(rows, key=lambda r: r["max_rel"]) if rows else None
+    return {"tolerance": tol, "layers": rows, "worst": worst["name"] if worst else None,
+            "worst_max_rel": worst["max_rel"] if worst else None, "passed": all(r["passed"] for r in rows)}
+
+
+def classify_flips(
+    ref_inputs: Dict[str, np.ndarray], backend_inputs: Dict[str, np.ndarray], order: Sequence[str], ranks: Dict[str, int],
+    fragile: float,
+) -> Dict[str, Any]:
+    """Per-layer sign flips of binarized inputs; the first one decides noise vs bug."""
+    per_layer = []
+    first = None
+    for name in order:
+        r, b = ref_inputs[name], backend_inputs[name]
+        if r.shape != b.shape:
+            raise ArtifactError(f"layer '{name}': backend input shape {b.shape}, reference {r.shape}")
+        flips = sign_flips(r, b)
+        per_layer.append({"name": name, "flips": int(flips.size), "elements": int(r.size), "rate": flips.size / max(r.size, 1)})
+        if flips.size and first is None:
+            m = margins(r, ranks.get(name, r.ndim)).reshape(-1)[flips]
+            first = {"layer": name, "count": int(flips.size), "indices": flips[:8].tolist(), "margins": m[:8].tolist(),
+                     "max_margin": float(m.max()), "fragile": bool(m.max() < fragile)}
+    return {"first_flip": first, "flipped_layers": sum(p["flips"] > 0 for p in per_layer), "per_layer": per_layer}
+
+
+def fixture_like_inputs(n: int, h: int, w: int, channels: int, lq_channels: int, timestep: int, seed: int):
+    """Seeded x ~ N(0, 1), lq ~ U[-1, 1), timesteps = the one-step value (like io.npz)."""
+    rng = np.random.default_rng(seed)
+    x = rng.standard_normal((n, channels, h, w)).astype(np.float32)
+    lq = rng.uniform(-1, 1, (n, lq_channels, h, w)).astype(np.float32)
+    return x, np.full((n,), timestep, np.int64), lq
+
+
+def level2_model(model: Any, backend: ParityRunner, cases: Sequence[Tuple[np.ndarray, np.ndarray, np.ndarray]],
+                 ranks: Dict[str, int], th: Thresholds, rel_tol: float) -> Dict[str, Any]:
+    import torch
+
+    rows = []
+    for i, (x, t, lq) in enumerate(cases):
+        with torch.no_grad(), capture_layers(model, "input") as cap:
+            ref = model(torch.from_numpy(x), torch.from_numpy(t), torch.from_numpy(lq)).numpy()
+        out, inputs = backend.run_unet(x, t, lq)
+        cls = classify_flips({k: v["input"] for k, v in cap.items()}, inputs, backend.layer_names, ranks, th.fragile_margin)
+        abs_err, max_rel, _ = rel_error(ref, out)
+        first = cls["first_flip"]
+        if first is None:
+            verdict = "match" if max_rel <= rel_tol else "mismatch_without_flip"
+        else:
+            verdict = "diverged_after_fragile_flip" if first["fragile"] else "non_fragile_flip"
+        rows.append({"case": i, "shape": list(x.shape), "timesteps": t.tolist(), "max_abs": abs_err, "max_rel": max_rel,
+                     "first_flip": first, "flipped_layers": cls["flipped_layers"], "verdict": verdict,
+                     "passed": verdict in ("match", "diverged_after_fragile_flip")})
+    return {"cases": rows, "passed": all(r["passed"] for r in rows),
+            "matched": sum(r["verdict"] == "match" for r in rows)}
+
+
+def _expand_images(paths: Sequence[PathLike]) -> List[Path]:
+    """Image files, with folders expanded to their images (sorted)."""
+    from ..pipeline.images import IMAGE_SUFFIXES
+
+    out: List[Path] = []
+    for p in map(Path, paths):
+        if p.is_dir():
+            out += sorted(f for f in p.iterdir() if f.suffix.lower() in IMAGE_SUFFIXES and not f.name.startswith("."))
+        else:
+            out.append(p)
+    return out
+
+
+def default_images() -> List[Path]:
+    root = Path(__file__).resolve().parents[2] / "calib" / "images"
+    return sorted(root.glob("*.png")) if root.is_dir() else []
+
+
+def level3_pipeline(cfg: Any, model: Any, backend: ParityRunner, images: Sequence[Path], vq_ckpt: Optional[PathLike],
+                    th: Thresholds, seed: int) -> Dict[str, Any]:
+    import torch
+
+    from ..models import load_autoencoder
+    from ..pipeline.images import read_image
+    from ..pipeline.onestep import OneStepSR
+
+    if cfg.autoencoder is None:
+        return {"skipped": "the config has no autoencoder section", "images": [], "passed": True}
+    vq = load_autoencoder(cfg.autoencoder, vq_ckpt, seed=seed)
+    captured: Dict[str, np.ndarray] = {}
+
+    def backend_unet(x: Any, t: Any, lq: Any) -> Any:
+        out, inputs = backend.run_unet(x.numpy(), t.numpy(), lq.numpy())
+        captured.clear()
+        captured.update(inputs)
+        return torch.from_numpy(out)
+
+    # the VQ is the same torch model on both sides (only the UNet is under test); float32 because
+    # float16 convolutions are very slow on CPU
+    ref_pipe = OneStepSR(model, vq, cfg, vq_dtype=torch.float32)
+    bk_pipe = OneStepSR(backend_unet, vq, cfg, vq_dtype=torch.float32)
+    rows = []
+    for path in images:
+        lr = read_image(path)
+        z_shape = None
+        with torch.no_grad(), capture_layers(model, "input") as cap:
+            ref = ref_pipe.stages(lr, generator=torch.Generator().manual_seed(seed))
+        z_shape = tuple(ref["noise"].shape)
+        out = bk_pipe.stages(lr, noise=ref["noise"])
+        cls = classify_flips({k: v["input"] for k, v in cap.items()}, captured, backend.layer_names,
+                             {}, th.fragile_margin)
+        p = psnr(ref["sr"].numpy(), out["sr"].numpy())
+        worst = max(cls["per_layer"], key=lambda r: r["rate"])
+        rows.append({"image": path.name, "latent": list(z_shape), "psnr_db": p,
+                     "first_flip": cls["first_flip"], "flipped_layers": cls["flipped_layers"],
+                     "max_flip_rate": worst["rate"], "max_flip_rate_layer": worst["name"] if worst["flips"] else None,
+                     "flip_rates": {r["name"]: r["rate"] for r in cls["per_layer"] if r["flips"]},
+                     "passed": bool((th.min_psnr_db is None or p >= th.min_psnr_db)
+                                    and (cls["first_flip"] is None or cls["first_flip"]["fragile"]))})
+    return {"images": rows, "passed": all(r["passed"] for r in rows), "vq": "random init" if vq_ckpt is None else str(vq_ckpt)}
+
+
+# --------------------------------------------------------------------------- entry point
+
+
+def check(
+    config: PathLike,
+    ckpt: Optional[PathLike],
+    artifacts: PathLike,
+    backend: str = "onnxruntime",
+    images: Optional[Sequence[PathLike]] = None,
+    *,
+    vq_ckpt: Optional[PathLike] = None,
+    seed: int = 0,
+    thresholds: Optional[Thresholds] = None,
+    levels: Sequence[int] = (1, 2, 3),
+    device: str = "cpu",
+    sizes: Optional[Sequence[Tuple[int, int, int]]] = None,
+    layers: Optional[Sequence[str]] = None,
+) -> Dict[str, Any]:
+    """Run the three parity levels of ``backend`` on ``artifacts`` against the reference.
+
+    ``ckpt`` None means the same seeded random init the exporter used (``seed``).
+    ``images``: LR images or folders of them for level 3 (default: ``calib/images/*.png``).
+    ``sizes``: level-2 input shapes (N, H, W); default two cases at the model's size
+    multiple. ``layers``: restrict level 1 to these binary layers (default: all). Returns a JSON-serialisable report; ``report["passed"]`` is the verdict.
+    """
+    from ..models import load_config, load_unet
+
+    th = thresholds or Thresholds()
+    cfg = load_config(config)
+    bk = make_backend(BackendSpec(backend, cfg, ckpt=ckpt, seed=seed, artifacts=artifacts, device=device)).parity_runner()
+    model = load_unet(cfg, ckpt, seed=seed)
+    fp16 = bk.float_dtype == np.float16
+    if fp16:
+        from dataclasses import replace
+
+        th = replace(th, fragile_margin=th.fragile_margin_fp16)
+    layer_tol = th.layer_rel_fp16 if fp16 else th.layer_rel
+    model_tol = th.layer_rel_fp16 if fp16 else th.model_rel
+    m = cfg.unet.size_multiple
+    c_lat, c_lq = cfg.unet.out_channels, cfg.unet.in_channels - cfg.unet.out_channels
+    t = cfg.diffusion.one_step().timestep if cfg.diffusion is not None else 0
+    report: Dict[str, Any] = {"backend": backend, "artifacts": str(artifacts), "float_dtype": str(bk.float_dtype),
+                              "thresholds": asdict(th), "levels": list(levels)}
+    ranks = bk.layer_ranks
+    if 1 in levels:
+        import torch
+
+        x, tt, lq = fixture_like_inputs(1, 2 * m, 2 * m, c_lat, c_lq, t, seed + 1)
+        with torch.no_grad(), capture_layers(model) as cap:
+            model(torch.from_numpy(x), torch.from_numpy(tt), torch.from_numpy(lq))
+        report["level1"] = level1_layers(cap, bk, ranks, layer_tol, layers)
+    if 2 in levels:
+        shapes = list(sizes) if sizes else [(1, m, m), (1, m, 2 * m)]
+        cases = [fixture_like_inputs(n, h, w, c_lat, c_lq, t, seed + 10 + i) for i, (n, h, w) in enumerate(shapes)]
+        report["level2"] = level2_model(model, bk, cases, ranks, th, model_tol)
+    if 3 in levels:
+        imgs = _expand_images(images) if images else default_images()
+        if not imgs:
+            report["level3"] = {"skipped": "no images (calib/images is empty or missing)", "images": [], "passed": True}
+        else:
+            for p in imgs:
+                if not Path(p).is_file():
+                    raise InputError(f"{p}: image not found")
+            report["level3"] = level3_pipeline(cfg, model, bk, imgs, vq_ckpt, th, seed)
+    report["passed"] = all(report[k]["passed"] for k in ("level1", "level2", "level3") if k in report)
+    return report
+
+
+def render_check_report(report: Dict[str, Any], console: Any = None) -> None:
+    """Print the three levels as rich tables."""
+    from rich.console import Console
+    from rich.table import Table
+
+    console = console or Console()
+    ok = lambda b: "[green]pass[/]" if b else "[red]FAIL[/]"  # noqa: E731
+    if "level1" in report:
+        l1 = report["level1"]
+        t = Table(title=f"level 1: teacher-forced layers (tol {l1['tolerance']:.0e}) {ok(l1['passed'])}")
+        for c in ("layer", "max rel", "mean rel", "sign dis.", "above tol", ""):
+            t.add_column(c)
+        rows = sorted(l1["layers"], key=lambda r: (r["passed"], -r["max_rel"]))[:10]
+        for r in rows:
+            t.add_row(r["name"], f"{r['max_rel']:.2e}", f"{r['mean_rel']:.2e}", str(r["sign_disagreements"]),
+                      str(r["disagreements_above_tol"]), ok(r["passed"]))
+        console.print(t)
+        console.print(f"{len(l1['layers'])} layers, worst {l1['worst']} ({l1['worst_max_rel']:.2e})")
+    if "level2" in report:
+        t = Table(title=f"level 2: whole model {ok(report['level2']['passed'])}")
+        for c in ("case", "shape", "max rel", "first flip", "margin", "verdict"):
+            t.add_column(c)
+        for r in report["level2"]["cases"]:
+            f = r["first_flip"]
+            t.add_row(str(r["case"]), "x".join(map(str, r["shape"])), f"{r['max_rel']:.2e}",
+                      f"{f['layer']} ({f['count']})" if f else "-", f"{f['max_margin']:.1e}" if f else "-", r["verdict"])
+        console.print(t)
+    if "level3" in report:
+        l3 = report["level3"]
+        t = Table(title=f"level 3: SR pipeline on images {ok(l3['passed'])}" + (f" ({l3['skipped']})" if l3.get("skipped") else ""))
+        for c in ("image", "PSNR dB", "flipped layers", "max flip rate", "first flip", ""):
+            t.add_column(c)
+        for r in l3["images"]:
+            f = r["first_flip"]
+            t.add_row(r["image"], f"{r['psnr_db']:.2f}", str(r["flipped_layers"]), f"{r['max_flip_rate']:.2e}",
+                      f"{f['layer']} (margin {f['max_margin']:.1e})" if f else "-", ok(r["passed"]))
+        console.print(t)
+    console.print(f"overall: {ok(report['passed'])}")

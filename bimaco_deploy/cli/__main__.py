@@ -1,0 +1,5 @@
+"""``python -m bimaco_deploy.cli``."""
+
+from . import main
+
+main()

@@ -1,0 +1,136 @@
+"""Tiled super-resolution of large LR images (the original sampler's "chop", spec section a).
+
+An image whose height or width exceeds ``tile`` is cut into tiles of at most
+``tile`` x ``tile`` LR pixels, starting at :func:`tile_starts` per axis, visited row-major.
+Each tile runs the whole one-step pipeline on its own (own padding, own noise); the
+[-1, 1] SR tiles are summed on an ``sf``-times canvas and divided by a per-pixel count
+(plain averaging of overlaps, no feathering), then mapped to [0, 1].
+
+Tile sizes: the original accepts only 256 (stride 224) and 512 (stride 448). Here any
+``tile >= 1`` with ``1 <= stride <= tile`` is allowed, because the maths does not depend on
+the values and small tiles are what make tiling testable (and usable on small devices);
+:data:`PUBLISHED_TILINGS` lists the original's pairs and :func:`default_stride` gives the
+original's stride for them (tile - tile/8 otherwise).
+
+Noise: the original seeds the global RNG once and draws fresh noise per tile, which is not
+reproducible outside its process. Here tile ``i`` of an image draws from
+:func:`tile_generator` (seed, i): results are reproducible for a seed and do not depend on
+the order in which images are processed.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Iterator, List, Optional, Tuple
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from ..errors import InputError
+from .onestep import OneStepSR
+
+#: (tile, stride) pairs the original sampler accepts.
+PUBLISHED_TILINGS = ((256, 224), (512, 448))
+
+
+def default_stride(tile: int) -> int:
+    """The original's stride for its two tile sizes; tile - tile // 8 in general (same rule)."""
+    return dict(PUBLISHED_TILINGS).get(tile, tile - tile // 8)
+
+
+def _check(tile: int, stride: int) -> None:
+    if not isinstance(tile, int) or not isinstance(stride, int) or tile < 1 or not 1 <= stride <= tile:
+        raise InputError(f"invalid tiling: tile {tile!r}, stride {stride!r}; need tile >= 1 and 1 <= stride <= tile")
+
+
+def tile_starts(length: int, tile: int, stride: int) -> List[int]:
+    """Tile start offsets along one axis of ``length`` LR pixels.
+
+    [0] when length <= tile; else range(0, length, stride) with every start s where
+    s + tile > length replaced by length - tile, duplicates dropped, order kept.
+    """
+    _check(tile, stride)
+    if length <= tile:
+        return [0]
+    starts: List[int] = []
+    for s in range(0, length, stride):
+        s = min(s, length - tile)
+        if s not in starts:
+            starts.append(s)
+    return starts
+
+
+@dataclass(frozen=True)
+class Tile:
+    """One LR tile: rows [top, top+height), columns [left, left+width); ``index`` is row-major."""
+
+    index: int
+    top: int
+    left: int
+    height: int
+    width: int
+
+
+def plan_tiles(height: int, width: int, tile: int = 256, stride: Optional[int] = None) -> List[Tile]:
+    """Tiles of an H x W LR image, row-major (height starts outer, width starts inner).
+
+    A single tile covering the whole image when neither side exceeds ``tile``.
+    """
+    stride = default_stride(tile) if stride is None else stride
+    _check(tile, stride)
+    out: List[Tile] = []
+    for top in tile_starts(height, tile, stride):
+        for left in tile_starts(width, tile, stride):
+            out.append(Tile(len(out), top, left, min(tile, height - top), min(tile, width - left)))
+    return out
+
+
+def tile_generator(seed: int, index: int, device: Optional[torch.device] = None) -> torch.Generator:
+    """A torch generator for tile ``index`` of an image processed with ``seed``.
+
+    (seed, index) is mixed through numpy's SeedSequence so neighbouring seeds and
+    indices give unrelated streams.
+    """
+    state = np.random.SeedSequence([int(seed) & 0xFFFFFFFF, int(index)]).generate_state(2, dtype=np.uint32)
+    g = torch.Generator(device=device if device is not None else "cpu")
+    g.manual_seed(int(state[0]) << 32 | int(state[1]))
+    return g
+
+
+def iter_tiles(lr01: Tensor, tiles: List[Tile]) -> Iterator[Tuple[Tile, Tensor]]:
+    """(tile, LR crop) pairs."""
+    for t in tiles:
+        yield t, lr01[:, :, t.top : t.top + t.height, t.left : t.left + t.width]
+
+
+@torch.no_grad()
+def super_resolve(
+    pipeline: OneStepSR,
+    lr01: Tensor,
+    *,
+    seed: int = 0,
+    tile: int = 256,
+    stride: Optional[int] = None,
+) -> Tensor:
+    """SR of an LR image [N, 3, H, W] in [0, 1] -> [N, 3, sf*H, sf*W] in [0, 1], tiling when needed.
+
+    Without tiling (H, W <= tile) this is ``pipeline(lr01, generator=tile_generator(seed, 0))``.
+    """
+    if lr01.dim() != 4 or lr01.shape[1] != 3:
+        raise InputError(f"expected an LR image tensor [N, 3, H, W], got shape {tuple(lr01.shape)}")
+    n, _, h, w = lr01.shape
+    tiles = plan_tiles(h, w, tile, stride)
+    sf = pipeline.sf
+    if len(tiles) == 1:
+        return pipeline(lr01, generator=tile_generator(seed, 0))
+    canvas = torch.zeros((n, 3, h * sf, w * sf), dtype=torch.float32, device=pipeline.device)
+    count = torch.zeros_like(canvas)
+    for t, crop in iter_tiles(lr01, tiles):
+        sr = pipeline.sample_signed(crop, generator=tile_generator(seed, t.index))
+        rows = slice(t.top * sf, (t.top + t.height) * sf)
+        cols = slice(t.left * sf, (t.left + t.width) * sf)
+        canvas[:, :, rows, cols] += sr
+        count[:, :, rows, cols] += 1
+    # every pixel is covered: the last start of each axis is length - tile
+    return canvas.div(count) * 0.5 + 0.5

@@ -17,6 +17,7 @@ import numpy as np
 import onnx
 from onnx import TensorProto
 
+from ..models.autoencoder import ATTN_SCORE_BYTES
 from ..models.config import VQConfig
 from .graph_builder import GraphBuilder
 from .layer_params import StateReader
@@ -24,11 +25,21 @@ from .layer_params import StateReader
 VQ_GN_EPS = 1e-6
 
 
+#: How the attention blocks are written: ``chunked`` (a Loop over query chunks: bounded memory,
+#: for ONNX Runtime) or ``plain`` (one [HW x HW] matrix: for TensorRT, which fuses attention).
+ATTENTION_FORMS = ("chunked", "plain")
+
+
 class _VQWriter:
-    def __init__(self, cfg: VQConfig, reader: StateReader, compute_dtype: np.dtype):
+    def __init__(self, cfg: VQConfig, reader: StateReader, compute_dtype: np.dtype, attention: str = "chunked",
+                 score_bytes: int = ATTN_SCORE_BYTES):
+        if attention not in ATTENTION_FORMS:
+            raise ValueError(f"attention must be one of {ATTENTION_FORMS}, got {attention!r}")
         self.cfg = cfg
         self.reader = reader
         self.gb = GraphBuilder(compute_dtype)
+        self.attention = attention
+        self.score_bytes = int(score_bytes)
 
     def conv(self, prefix: str, x: str, k: int, stride: int = 1, pad: int = 0) -> str:
         w = self.reader.take(prefix + ".weight")
@@ -70,12 +81,61 @@ class _VQWriter:
         c = int(self.reader.state[prefix + ".q.weight"].shape[0])
         qf = gb.op("Transpose", [gb.reshape(q, [0, 0, -1], name=f"{prefix}/q_flat")], perm=[0, 2, 1], name=f"{prefix}/q_t")
         kf = gb.reshape(k, [0, 0, -1], name=f"{prefix}/k_flat")
-        w = gb.op("Mul", [gb.op("MatMul", [qf, kf], name=f"{prefix}/qk"), gb.fconst(np.float32(int(c) ** -0.5))], name=f"{prefix}/scaled")
-        w = gb.op("Softmax", [w], axis=2, name=f"{prefix}/softmax")
         vf = gb.reshape(v, [0, 0, -1], name=f"{prefix}/v_flat")
-        out = gb.op("MatMul", [vf, gb.op("Transpose", [w], perm=[0, 2, 1], name=f"{prefix}/w_t")], name=f"{prefix}/wv")
+        if self.attention == "plain":
+            out = self._attn_plain(prefix, qf, kf, vf, c)
+        else:
+            out = self._attn_chunked(prefix, qf, kf, vf, c)
         out = gb.reshape(out, gb.shape_of(x), name=f"{prefix}/unflat")
         return gb.op("Add", [x, self.conv(prefix + ".proj_out", out, 1)], name=f"{prefix}/residual")
+
+    def _attn_plain(self, prefix: str, qf: str, kf: str, vf: str, c: int) -> str:
+        """The original's formula on the whole [HW x HW] matrix (for TensorRT, which fuses it)."""
+        gb = self.gb
+        w = gb.op("Mul", [gb.op("MatMul", [qf, kf], name=f"{prefix}/qk"), gb.fconst(np.float32(int(c) ** -0.5))], name=f"{prefix}/scaled")
+        w = gb.op("Softmax", [w], axis=2, name=f"{prefix}/softmax")
+        return gb.op("MatMul", [vf, gb.op("Transpose", [w], perm=[0, 2, 1], name=f"{prefix}/w_t")], name=f"{prefix}/wv")
+
+    def _attn_chunked(self, prefix: str, qf: str, kf: str, vf: str, c: int) -> str:
+        """Exact softmax per query row, in chunks of query rows inside a ``Loop``: at most
+        :data:`~bimaco_deploy.models.autoencoder.ATTN_SCORE_BYTES` of scores exist at a time,
+        with the torch model's chunk size (:func:`~bimaco_deploy.models.autoencoder.attention_chunk_rows`).
+
+        The queries are zero-padded to whole chunks so that every iteration emits the same
+        shape (a Loop's scan output is a stack); the padded rows are sliced off afterwards.
+        """
+        gb = self.gb
+        elem = np.dtype(gb.float_dtype).itemsize
+        n = gb.shape_of(qf, 1, 2)  # [1]: positions
+        budget = gb.i64([max(1, self.score_bytes // elem)])
+        rows = gb.op("Max", [gb.op("Min", [n, gb.op("Div", [budget, n], name=f"{prefix}/budget_rows")], name=f"{prefix}/rows_min"),
+                             gb.i64([1])], name=f"{prefix}/rows")
+        chunks = gb.op("Div", [gb.op("Sub", [gb.op("Add", [n, rows], name=f"{prefix}/n_plus_rows"), gb.i64([1])], name=f"{prefix}/ceil"),
+                               rows], name=f"{prefix}/chunks")
+        pad = gb.op("Sub", [gb.op("Mul", [chunks, rows], name=f"{prefix}/padded_n"), n], name=f"{prefix}/pad_rows")
+        qpad = gb.op("Pad", [qf, gb.concat_i64([[0, 0, 0, 0], pad, [0]])], mode="constant", name=f"{prefix}/q_pad")
+        vt = gb.op("Transpose", [vf], perm=[0, 2, 1], name=f"{prefix}/v_t")  # [b, hw(key), c]
+
+        body = GraphBuilder(gb.float_dtype, prefix=f"{prefix}/chunk/")
+        it = body.add_input(f"{prefix}/chunk/iter", TensorProto.INT64, [])
+        cond = body.add_input(f"{prefix}/chunk/cond", TensorProto.BOOL, [])
+        start = body.op("Mul", [body.op("Unsqueeze", [it, body.i64([0])]), rows], name="start")
+        qc = body.op("Slice", [qpad, start, body.op("Add", [start, rows], name="end"), body.i64([1])])
+        s = body.op("Mul", [body.op("MatMul", [qc, kf], name="qk"), body.fconst(np.float32(int(c) ** -0.5))], name="scaled")
+        p = body.op("Softmax", [s], axis=2, name="softmax")
+        oc = body.op("MatMul", [p, vt], name="wv")  # [b, rows, c]
+        body.op("Identity", [cond], outputs=[f"{prefix}/chunk/cond_out"])
+        body.op("Identity", [oc], outputs=[f"{prefix}/chunk/out"])
+        body.add_output(f"{prefix}/chunk/cond_out", TensorProto.BOOL, [])
+        body.add_output(f"{prefix}/chunk/out", body.float_type, None)
+        graph = onnx.helper.make_graph(body.nodes, f"{prefix}/chunk", body.inputs, body.outputs, initializer=body.initializers)
+
+        trips = gb.op("Squeeze", [chunks, gb.i64([0])])
+        stacked = gb.op("Loop", [trips, gb.const(np.array(True))], body=graph, name=f"{prefix}/chunks_loop")  # [chunks, b, rows, c]
+        out = gb.op("Transpose", [stacked], perm=[1, 0, 2, 3], name=f"{prefix}/unstack")
+        out = gb.reshape(out, [0, -1, c], name=f"{prefix}/rows_flat")
+        out = gb.op("Slice", [out, gb.i64([0]), n, gb.i64([1])])
+        return gb.op("Transpose", [out], perm=[0, 2, 1], name=f"{prefix}/out_t")  # [b, c, hw]
 
     def mid(self, prefix: str, x: str) -> str:
         x = self.resblock(prefix + ".block_1", x)
@@ -166,11 +226,19 @@ class _VQWriter:
 
 
 def build_vq_graphs(
-    cfg: VQConfig, state: Mapping[str, np.ndarray], *, compute_dtype: type = np.float32, source: str = "autoencoder"
+    cfg: VQConfig, state: Mapping[str, np.ndarray], *, compute_dtype: type = np.float32, source: str = "autoencoder",
+    attention: str = "chunked", score_bytes: int = ATTN_SCORE_BYTES,
 ) -> Tuple[onnx.ModelProto, onnx.ModelProto]:
-    """(encoder, decoder) ONNX models of the VQ autoencoder from its config and state dict."""
+    """(encoder, decoder) ONNX models of the VQ autoencoder from its config and state dict.
+
+    ``attention``: ``"chunked"`` (default) never holds more than
+    :data:`~bimaco_deploy.models.autoencoder.ATTN_SCORE_BYTES` of attention scores;
+    ``"plain"`` writes the original's single matrix, for TensorRT (which fuses attention
+    into one kernel that does not materialise it). ``score_bytes``: the chunked form's
+    budget (smaller values force more chunks, for tests).
+    """
     reader = StateReader(state, source)
-    enc = _VQWriter(cfg, reader, np.dtype(compute_dtype)).encoder()
-    dec = _VQWriter(cfg, reader, np.dtype(compute_dtype)).decoder()
+    enc = _VQWriter(cfg, reader, np.dtype(compute_dtype), attention, score_bytes).encoder()
+    dec = _VQWriter(cfg, reader, np.dtype(compute_dtype), attention, score_bytes).decoder()
     reader.check_all_used()
     return enc, dec

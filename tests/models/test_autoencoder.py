@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import pickle
 from pathlib import Path
 
@@ -232,3 +233,49 @@ def test_config_without_autoencoder_or_with_bad_widths_is_a_config_error(fx, tmp
     odd.write_text(yaml.safe_dump(data))
     with pytest.raises(ConfigError, match="multiple of 32"):
         load_autoencoder(odd)
+
+
+# --- attention in query chunks: bounded memory, the same result ---
+
+
+def _plain_attention(block, x: torch.Tensor) -> torch.Tensor:
+    """The original's formula (one [HW x HW] matrix), in float64."""
+    b64 = copy.deepcopy(block).double()
+    x = x.double()
+    hn = b64.norm(x)
+    q, k, v = b64.q(hn), b64.k(hn), b64.v(hn)
+    b, c, h, w = q.shape
+    weights = torch.bmm(q.reshape(b, c, h * w).permute(0, 2, 1), k.reshape(b, c, h * w)) * (int(c) ** -0.5)
+    weights = torch.softmax(weights, dim=2)
+    out = torch.bmm(v.reshape(b, c, h * w), weights.permute(0, 2, 1)).reshape(b, c, h, w)
+    return x + b64.proj_out(out)
+
+
+@pytest.mark.parametrize("rows", [1, 8, 34, 35, 1000])
+@torch.no_grad()
+def test_attention_in_query_chunks_matches_the_plain_formula(rows):
+    """5x7 = 35 positions in chunks of `rows` query rows (uneven tail for 8 and 34, one chunk for 35+)."""
+    from bimaco_deploy.models.autoencoder import AttnBlock
+
+    torch.manual_seed(0)
+    block = AttnBlock(32).eval()
+    for p in block.parameters():
+        p.copy_(torch.randn_like(p) * 0.3)
+    x = torch.randn(2, 32, 5, 7)
+    block.score_bytes = rows * 35 * 4  # float32 scores of `rows` query rows
+    ref = _plain_attention(block, x)
+    got = block(x)
+    assert got.dtype == torch.float32
+    np.testing.assert_allclose(got.double().numpy(), ref.numpy(), rtol=0, atol=2e-5)
+
+
+def test_attention_chunks_of_a_256_px_tile_fit_the_budget():
+    """A 256 px LR tile gives a 256x256 latent: 65,536 positions, whose full score matrix is 17 GB."""
+    from bimaco_deploy.models.autoencoder import ATTN_SCORE_BYTES, attention_chunk_rows
+
+    n = 256 * 256
+    for elem in (4, 2):
+        rows = attention_chunk_rows(n, elem)
+        assert 1 <= rows < n and rows * n * elem <= ATTN_SCORE_BYTES
+    assert attention_chunk_rows(64, 4) == 64  # small latents: one chunk
+    assert ATTN_SCORE_BYTES <= 64 << 20

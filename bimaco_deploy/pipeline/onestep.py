@@ -7,9 +7,10 @@ VQ decode (quantizing) -> crop -> clamp(-1, 1) -> * 0.5 + 0.5.
 The UNet is any callable ``unet(x, timesteps, lq) -> x0`` taking and returning torch
 tensors: the PyTorch reference module, or an ONNX Runtime / packed-kernel / TensorRT
 backend wrapped to the same signature. All constants come from the config
-(``diffusion.one_step()``, ``diffusion.sf``, ``diffusion.scale_factor``,
-``autoencoder.use_fp16``); nothing is hard-coded here except the sampler's padding
-multiple (64), which is a constructor argument.
+(``diffusion.one_step()``, ``diffusion.sf``, ``diffusion.scale_factor``); nothing is
+hard-coded here except the sampler's padding multiple (64), which is a constructor argument.
+The autoencoder's precision is decided where it is made (``--vq-precision``, see
+:mod:`~bimaco_deploy.models.precision`); a bare torch model runs at the device default.
 """
 
 from __future__ import annotations
@@ -25,6 +26,7 @@ from ..backends.base import UNetFn, VQLike
 from ..errors import ConfigError, InputError
 from ..models.autoencoder import VQModel
 from ..models.config import ModelConfig
+from ..models.precision import TORCH_DTYPES, TorchVQ, default_precision
 
 PathLike = Union[str, Path]
 
@@ -85,18 +87,18 @@ class OneStepSR:
 
     Args:
         unet: ``unet(x, timesteps, lq) -> pred_x0``; float32 tensors, ``timesteps`` int64 [N].
-        vq: the VQ-f4 autoencoder. A torch :class:`VQModel` is cast IN PLACE to float16 when
-            ``config.autoencoder`` says ``use_fp16`` (as the original sampler does), unless
-            ``vq_dtype`` is given. Any other object with ``encode``/``decode``/``downscale``
-            (e.g. the ONNX Runtime VQ) gets and returns float32 and keeps its own precision.
+        vq: the VQ-f4 autoencoder: anything with ``encode``/``decode``/``downscale`` taking and
+            returning float32 (a :class:`~bimaco_deploy.models.precision.TorchVQ`, the ONNX Runtime
+            or TensorRT autoencoder of a backend). A bare torch :class:`VQModel` is wrapped in a
+            ``TorchVQ`` (cast IN PLACE) at ``vq_dtype``, or at the default precision of its device
+            (fp32 on CPU, fp16 on GPU; the config's ``use_fp16`` no longer decides it).
         config: the model config (needs the ``diffusion`` section).
         pad_multiple: LR sides are reflect-padded to multiples of this. 64 is the original
             sampler's ``desired_min_size``, fixed there independently of the UNet; it must be
             a multiple of the UNet's own size constraint (32 for the tiny fixture, 64 published).
-        vq_dtype: override the autoencoder dtype (float32 / float16), e.g. for parity variants
-            or for speed: CPU float16 convolutions are 10-30x slower than float32 in torch 2.13.
-        device: where tensors live; defaults to the device of ``vq``'s parameters (CPU for
-            non-torch autoencoders).
+        vq_dtype: the dtype of a bare torch autoencoder (float32 / float16 / bfloat16), e.g. for
+            parity variants; CPU float16 convolutions are 10-30x slower than float32 (warned).
+        device: where tensors live; defaults to the autoencoder's device (CPU for ONNX Runtime).
     """
 
     def __init__(
@@ -127,17 +129,23 @@ class OneStepSR:
         self.scale_factor = diffusion.scale_factor
         self.pad_multiple = pad_multiple
         if isinstance(vq, nn.Module):
-            if vq_dtype is None:
-                use_fp16 = config.autoencoder.use_fp16 if config.autoencoder is not None else vq.config.use_fp16
-                vq_dtype = torch.float16 if use_fp16 else torch.float32
-            self.vq = vq.to(dtype=vq_dtype).eval()
-            default_device = next(vq.parameters()).device
-        else:
-            if vq_dtype not in (None, torch.float32):
-                raise ConfigError(f"vq_dtype {vq_dtype} applies to a torch autoencoder only; {type(vq).__name__} takes float32")
-            vq_dtype, self.vq, default_device = torch.float32, vq, torch.device("cpu")
-        self.vq_dtype = vq_dtype
-        self.device = device if device is not None else default_device
+            vq_device = next(vq.parameters()).device
+            by_dtype = {v: k for k, v in TORCH_DTYPES.items()}
+            if vq_dtype is not None and vq_dtype not in by_dtype:
+                raise ConfigError(f"vq_dtype must be one of {', '.join(map(str, by_dtype))}, got {vq_dtype}")
+            precision = by_dtype[vq_dtype] if vq_dtype is not None else default_precision(vq_device)
+            vq = TorchVQ(vq, precision, vq_device)
+        elif vq_dtype not in (None, torch.float32):
+            raise ConfigError(f"vq_dtype {vq_dtype} applies to a torch autoencoder only; {type(vq).__name__} takes float32")
+        self.vq = vq
+        #: the autoencoder's precision (fp32, fp16, bf16, int8), as its maker recorded it
+        self.vq_precision = getattr(vq, "precision", "fp32")
+        self.device = torch.device(device) if device is not None else torch.device(getattr(vq, "device", "cpu"))
+
+    @property
+    def vq_dtype(self) -> torch.dtype:
+        """The torch dtype of the autoencoder's computation (float32 for non-torch autoencoders)."""
+        return TORCH_DTYPES.get(self.vq_precision, torch.float32) if isinstance(self.vq, TorchVQ) else torch.float32
 
     # -- the stages, each usable on its own for stage-by-stage parity checks --
 
@@ -154,15 +162,15 @@ class OneStepSR:
 
     @torch.no_grad()
     def encode(self, lr_upsampled: Tensor) -> Tensor:
-        """Step 4b: VQ encode (no quantization) in the VQ dtype, times scale_factor, back to float32."""
-        z = self.vq.encode(lr_upsampled.to(self.vq_dtype)) * self.scale_factor
-        return torch.as_tensor(z).to(device=self.device, dtype=torch.float32)
+        """Step 4b: VQ encode (no quantization) at the autoencoder's precision, times scale_factor (float32)."""
+        z = torch.as_tensor(self.vq.encode(lr_upsampled)).to(device=self.device, dtype=torch.float32)
+        return z * self.scale_factor
 
     @torch.no_grad()
     def decode(self, pred_x0: Tensor) -> Tensor:
-        """Step 9: VQ decode (quantizing first) of pred_x0 / scale_factor in the VQ dtype, to float32."""
+        """Step 9: VQ decode (quantizing first) of pred_x0 / scale_factor at the autoencoder's precision (float32)."""
         z = (1.0 / self.scale_factor) * pred_x0
-        return torch.as_tensor(self.vq.decode(z.to(self.vq_dtype))).to(device=self.device, dtype=torch.float32)
+        return torch.as_tensor(self.vq.decode(z)).to(device=self.device, dtype=torch.float32)
 
     def prior(self, z_y: Tensor, noise: Tensor) -> Tensor:
         """Step 6: x_T = z_y + k * eps."""

@@ -174,10 +174,20 @@ def test_scale_factor_and_constants_come_from_the_config(tmp_path):
     assert sr.min() >= 0 and sr.max() <= 1
 
 
-def test_autoencoder_dtype_follows_the_config():
+def test_autoencoder_runs_fp32_on_cpu_whatever_the_config_says():
+    """The config's use_fp16 is the original's GPU setting: float16 on a CPU is 10-30x slower."""
     cfg = load_config("bimacosr-tiny")
     pipe = OneStepSR(identity_unet, build_autoencoder(cfg.autoencoder), cfg)
-    assert cfg.autoencoder.use_fp16 and pipe.vq.dtype == torch.float16
+    assert cfg.autoencoder.use_fp16 and pipe.vq_precision == "fp32" and pipe.vq.model.dtype == torch.float32
+
+
+def test_float16_on_cpu_is_allowed_with_a_warning():
+    from bimaco_deploy.models.precision import SlowPrecisionWarning
+
+    cfg = load_config("bimacosr-tiny")
+    with pytest.warns(SlowPrecisionWarning, match="fp16 on a CPU"):
+        pipe = OneStepSR(identity_unet, build_autoencoder(cfg.autoencoder), cfg, vq_dtype=torch.float16)
+    assert pipe.vq_precision == "fp16" and pipe.vq.model.dtype == torch.float16
 
 
 # --- noise and validation ---

@@ -21,6 +21,7 @@ from .base import (
     ParityRunner,
     PathLike,
     UNetFn,
+    VQGraphs,
     VQLike,
     backend_names,
     get_backend,
@@ -30,7 +31,7 @@ from .base import (
 )
 
 __all__ = [
-    "Backend", "BackendSpec", "ParityRunner", "UNetFn", "VQLike", "backend_names", "get_backend", "make_backend",
+    "Backend", "BackendSpec", "ParityRunner", "UNetFn", "VQGraphs", "VQLike", "backend_names", "get_backend", "make_backend",
     "register", "resolve_config", "make_unet", "make_float_baseline", "make_vq",
 ]
 
@@ -45,6 +46,7 @@ def make_float_baseline(spec: BackendSpec) -> Tuple[UNetFn, str]:
     return make_backend(spec).float_baseline()
 
 
-def make_vq(spec: BackendSpec, vq_ckpt: Optional[PathLike] = None) -> VQLike:
-    """The autoencoder the backend ``spec.name`` runs the pipeline with."""
-    return make_backend(spec).autoencoder(vq_ckpt)
+def make_vq(spec: BackendSpec, vq_ckpt: Optional[PathLike] = None, precision: Optional[str] = None, *,
+            graphs: Optional[VQGraphs] = None) -> VQLike:
+    """The autoencoder the backend ``spec.name`` runs the pipeline with, at ``precision``."""
+    return make_backend(spec).autoencoder(vq_ckpt, precision, graphs=graphs)

@@ -7,7 +7,9 @@ into the pieces the rest of the tool plugs together:
   tensors in and out) that the SR pipeline calls;
 * :meth:`Backend.float_baseline`: the float model of the same family, run the same way,
   that every speed figure is compared with;
-* :meth:`Backend.autoencoder`: the VQ autoencoder the pipeline wraps around the UNet;
+* :meth:`Backend.autoencoder`: the VQ autoencoder the pipeline wraps around the UNet, at a
+  ``--vq-precision`` (:mod:`~bimaco_deploy.models.precision`) the backend can run on its
+  device (:meth:`Backend.vq_precisions`);
 * :meth:`Backend.parity_runner`: what ``check`` needs to compare layer by layer.
 
 Each backend is one module of this package that defines a :class:`Backend` subclass and
@@ -34,6 +36,9 @@ from ..models.config import ModelConfig, load_config
 
 PathLike = Union[str, Path]
 UNetFn = Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]
+#: Makes (or finds) a folder holding vq_encoder.onnx / vq_decoder.onnx at a precision; the
+#: pipeline passes one (calibrating and caching, :func:`bimaco_deploy.pipeline.calibration.ensure_vq_graphs`).
+VQGraphs = Callable[[str], PathLike]
 
 
 class VQLike(Protocol):
@@ -97,15 +102,59 @@ class Backend(ABC):
     def float_baseline(self) -> Tuple[UNetFn, str]:
         """The float model of the same family on this backend, and a line saying what it is."""
 
-    def autoencoder(self, vq_ckpt: Optional[PathLike] = None) -> VQLike:
-        """The autoencoder: the torch reference (checkpoint, or seeded random weights)."""
+    def vq_precisions(self) -> Tuple[str, ...]:
+        """The autoencoder precisions this backend runs on its device (torch: fp32/fp16/bf16; on a
+        CPU also int8, as calibrated ONNX Runtime graphs beside the torch UNet)."""
+        if torch.device(self.spec.device).type == "cpu":
+            return ("fp32", "fp16", "bf16", "int8")
+        return ("fp32", "fp16", "bf16")
+
+    def check_vq_precision(self, precision: str) -> None:
+        """Raise :class:`BackendUnavailable` naming what runs ``precision`` when this backend cannot."""
+        if precision not in self.vq_precisions():
+            raise BackendUnavailable(
+                f"--vq-precision {precision} is not available on --backend {self.name} ({self.spec.device}); "
+                f"it runs {', '.join(self.vq_precisions())}. {self._vq_hint(precision)}"
+            )
+
+    def _vq_hint(self, precision: str) -> str:
+        if precision == "int8":
+            return "INT8 runs on --backend torch or onnxruntime on a CPU (calibrated QDQ graphs), or tensorrt (engines)"
+        if precision == "bf16":
+            return "bf16 runs in torch: --backend torch or torch-ref"
+        return ""
+
+    def autoencoder(self, vq_ckpt: Optional[PathLike] = None, precision: Optional[str] = None, *,
+                    graphs: Optional[VQGraphs] = None) -> VQLike:
+        """The autoencoder at ``precision`` (None: the device default, fp32 on CPU, fp16 on GPU).
+
+        Torch precisions run the torch model (checkpoint, or seeded random weights) as a
+        :class:`~bimaco_deploy.models.precision.TorchVQ`; int8 runs the calibrated QDQ graphs
+        in ONNX Runtime, from the folder ``graphs("int8")`` returns.
+        """
+        from ..models.precision import resolve_precision
+
+        precision = resolve_precision(precision, self.spec.device)
+        self.check_vq_precision(precision)
+        if precision == "int8":
+            return self._onnx_autoencoder(vq_ckpt, precision, graphs)
+        return self._torch_autoencoder(vq_ckpt, precision)
+
+    def _torch_autoencoder(self, vq_ckpt: Optional[PathLike], precision: str) -> VQLike:
         from ..models.autoencoder import load_autoencoder
+        from ..models.precision import TorchVQ
 
         cfg = self.spec.config
         if cfg.autoencoder is None:
             raise ConfigError(f"{cfg.source}: missing section 'autoencoder' (needed for super-resolution)")
-        vq = load_autoencoder(cfg.autoencoder, vq_ckpt, seed=self.spec.seed)
-        return vq.to(self.spec.device) if self.spec.device != "cpu" else vq
+        return TorchVQ(load_autoencoder(cfg.autoencoder, vq_ckpt, seed=self.spec.seed), precision, self.spec.device)
+
+    def _onnx_autoencoder(self, vq_ckpt: Optional[PathLike], precision: str, graphs: Optional[VQGraphs]) -> VQLike:
+        # the onnxruntime backend's autoencoder on the CPU, looked up by name (no import cycle)
+        from dataclasses import replace
+
+        ort = get_backend("onnxruntime")(replace(self.spec, device="cpu", artifacts=None))
+        return ort.autoencoder(vq_ckpt, precision, graphs=graphs)
 
     def parity_runner(self) -> ParityRunner:
         """Layer-by-layer access for ``check``; backends that cannot give it say so."""

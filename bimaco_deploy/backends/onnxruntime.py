@@ -18,7 +18,7 @@ import numpy as np
 
 from ..errors import ArtifactError, BackendUnavailable, InputError
 from ..export.artifacts import FLOAT_FILE, PORTABLE_FILE, VQ_DECODER_FILE, VQ_ENCODER_FILE
-from .base import Backend, ParityRunner, UNetFn, VQLike, register
+from .base import Backend, ParityRunner, UNetFn, VQGraphs, VQLike, register
 
 PathLike = Union[str, Path]
 
@@ -48,7 +48,8 @@ def providers_for(device: str = "auto") -> List[str]:
     raise InputError(f"device must be 'cpu', 'cuda' or 'auto', got {device!r}")
 
 
-def make_session(model: Union[PathLike, bytes, Any], *, device: str = "auto", threads: Optional[int] = None):
+def make_session(model: Union[PathLike, bytes, Any], *, device: str = "auto", threads: Optional[int] = None,
+                 disabled_optimizers: Sequence[str] = ()):
     """An InferenceSession for an ONNX file, serialized bytes or ModelProto.
 
     Memory-reuse planning is switched off: with thousands of nodes and dynamic
@@ -70,6 +71,8 @@ def make_session(model: Union[PathLike, bytes, Any], *, device: str = "auto", th
             raise ArtifactError(f"{path}: ONNX file not found")
         model = str(path)
     try:
+        if disabled_optimizers:
+            return ort.InferenceSession(model, so, providers=providers_for(device), disabled_optimizers=list(disabled_optimizers))
         return ort.InferenceSession(model, so, providers=providers_for(device))
     except Exception as e:  # onnxruntime raises its own exception types
         if "bimaco" in str(e) or "BinaryConv2d" in str(e) or "BinaryLinear" in str(e):
@@ -170,13 +173,31 @@ class OrtUNet:
 
 
 class OrtVQ:
-    """The exported VQ autoencoder: ``encode(image) -> latent``, ``decode(latent) -> image`` (float32 IO)."""
+    """The exported VQ autoencoder: ``encode(image) -> latent``, ``decode(latent) -> image`` (float32 IO).
 
-    def __init__(self, artifacts: PathLike, *, device: str = "auto", threads: Optional[int] = None):
-        self.encoder = make_session(_resolve(artifacts, VQ_ENCODER_FILE), device=device, threads=threads)
-        self.decoder = make_session(_resolve(artifacts, VQ_DECODER_FILE), device=device, threads=threads)
+    ``artifacts``: a folder holding ``vq_encoder.onnx`` and ``vq_decoder.onnx`` (an export, or
+    the calibration cache). Their precision (fp32, fp16, int8) is read from the metadata;
+    ``precision`` given means the caller needs that one, and anything else is an error.
+    """
+
+    def __init__(self, artifacts: PathLike, *, device: str = "auto", threads: Optional[int] = None,
+                 precision: Optional[str] = None):
+        from ..export.vq import graph_precision
+        from ..export.vq_quant import QDQ_DISABLED_OPTIMIZERS
+
+        self.encoder = make_session(_resolve(artifacts, VQ_ENCODER_FILE), device=device, threads=threads,
+                                    disabled_optimizers=QDQ_DISABLED_OPTIMIZERS)
+        self.decoder = make_session(_resolve(artifacts, VQ_DECODER_FILE), device=device, threads=threads,
+                                    disabled_optimizers=QDQ_DISABLED_OPTIMIZERS)
         meta = model_metadata(self.encoder)
         self.downscale = int(meta.get("downscale", "4"))
+        self.precision = graph_precision(meta)
+        self.folder = Path(artifacts)
+        if precision is not None and precision != self.precision:
+            raise ArtifactError(
+                f"{self.folder}: the VQ graphs are {self.precision}, --vq-precision asks for {precision}; "
+                f"re-export with `bimaco-deploy export --vq-precision {precision}`"
+            )
 
     def encode(self, image: Any):
         arr, as_torch = _to_numpy(image, np.float32, "image")
@@ -189,6 +210,23 @@ class OrtVQ:
         if arr.ndim != 4:
             raise InputError(f"latent has shape {arr.shape}; expected [N, C, h, w]")
         return _like(self.decoder.run(None, {"latent": arr})[0], as_torch, latent)
+
+    def __repr__(self) -> str:
+        return f"OrtVQ({self.precision}, {self.folder})"
+
+
+def artifact_vq_precision(artifacts: Optional[PathLike]) -> Optional[str]:
+    """The precision of the VQ graphs an export holds (None when it holds none)."""
+    if artifacts is None:
+        return None
+    enc = Path(artifacts) / VQ_ENCODER_FILE
+    if not enc.is_file() or not (Path(artifacts) / VQ_DECODER_FILE).is_file():
+        return None
+    import onnx
+
+    from ..export.vq import graph_precision
+
+    return graph_precision(onnx.load(str(enc), load_external_data=False))
 
 
 def binary_layer_table(metadata: Dict[str, str]) -> List[Dict[str, Any]]:
@@ -318,12 +356,41 @@ class OnnxRuntimeBackend(Backend):
         unet = OrtUNet(path, device=self.spec.device, threads=self.spec.threads)
         return unet, f"onnxruntime {FLOAT_FILE} ({', '.join(unet.providers)})"
 
-    def autoencoder(self, vq_ckpt: Optional[PathLike] = None) -> VQLike:
-        """The exported VQ graphs when the artifacts hold them and no checkpoint overrides them."""
+    def vq_precisions(self) -> Tuple[str, ...]:
+        # no bfloat16 convolution in ONNX Runtime's CPU provider; QDQ graphs are for the CPU provider
+        cpu = providers_for(self.spec.device)[0] == "CPUExecutionProvider"
+        return ("fp32", "fp16", "int8") if cpu else ("fp32", "fp16")
+
+    def autoencoder(self, vq_ckpt: Optional[PathLike] = None, precision: Optional[str] = None, *,
+                    graphs: Optional[VQGraphs] = None) -> VQLike:
+        """The VQ graphs in ONNX Runtime: the export's when they are at ``precision`` and no
+        checkpoint overrides them, else the ones ``graphs(precision)`` makes (the calibration cache)."""
+        from ..models.precision import SlowPrecisionWarning, resolve_precision
+
+        precision = resolve_precision(precision, self.spec.device)
+        self.check_vq_precision(precision)
         art = self.spec.artifacts
-        if art is not None and vq_ckpt is None and all((Path(art) / f).is_file() for f in (VQ_ENCODER_FILE, VQ_DECODER_FILE)):
-            return OrtVQ(art, device=self.spec.device, threads=self.spec.threads)
-        return super().autoencoder(vq_ckpt)
+        if precision == "fp16" and "CUDAExecutionProvider" not in providers_for(self.spec.device):
+            import warnings
+
+            warnings.warn("--vq-precision fp16 in ONNX Runtime on a CPU: the fp16 graphs run as float32 with casts "
+                          "around every layer, slower than the fp32 graphs (the CPU default)", SlowPrecisionWarning,
+                          stacklevel=2)
+        have = artifact_vq_precision(art)
+        if vq_ckpt is None and have == precision:
+            return OrtVQ(art, device=self.spec.device, threads=self.spec.threads, precision=precision)
+        if vq_ckpt is None and have is not None:
+            # the export's graphs carry its weights: graphs at another precision need the checkpoint
+            raise ArtifactError(
+                f"{art} holds {have} VQ graphs, --vq-precision asks for {precision}: re-export with "
+                f"`bimaco-deploy export --vq-precision {precision}`, or give the VQ checkpoint (--vq-ckpt) to make them"
+            )
+        if graphs is None:
+            raise ArtifactError(
+                f"--backend onnxruntime needs VQ graphs at {precision} and the artifacts hold none: export with "
+                f"`bimaco-deploy export --vq-precision {precision}` (or run through the pipeline, which makes and caches them)"
+            )
+        return OrtVQ(graphs(precision), device=self.spec.device, threads=self.spec.threads, precision=precision)
 
     def parity_runner(self) -> ParityRunner:
         return OrtParityRunner(_need_artifacts(self.spec.artifacts), device=self.spec.device)

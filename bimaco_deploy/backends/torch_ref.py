@@ -43,3 +43,7 @@ class TorchRefBackend(Backend):
 
     def float_baseline(self) -> Tuple[UNetFn, str]:
         return float_twin_unet(self.spec)
+
+    def vq_precisions(self) -> Tuple[str, ...]:
+        # the reference computes in float: int8 is a deployment form (--backend torch / onnxruntime)
+        return tuple(p for p in super().vq_precisions() if p != "int8")

@@ -7,16 +7,21 @@ on ties, the original's |z|^2 + |e|^2 - 2 z.e distance) -> ``post_quant_conv``
 -> decoder. Inputs and outputs are float32; ``compute_dtype`` float16 casts
 inside, as the sampler does with ``use_fp16: true``. Written by hand like the
 UNet graph (see :mod:`.unet_graph`), all shapes dynamic.
+
+:func:`vq_graphs` makes the pair at one ``--vq-precision`` (fp32, fp16, or int8: the
+float32 graphs quantized by :mod:`.vq_quant`) and records it in the metadata
+(``vq_precision``), which the backends read.
 """
 
 from __future__ import annotations
 
-from typing import Mapping, Tuple
+from typing import Any, Callable, Dict, Mapping, Optional, Sequence, Tuple
 
 import numpy as np
 import onnx
 from onnx import TensorProto
 
+from ..errors import ConfigError, InputError
 from ..models.autoencoder import ATTN_SCORE_BYTES
 from ..models.config import VQConfig
 from .graph_builder import GraphBuilder
@@ -242,3 +247,62 @@ def build_vq_graphs(
     dec = _VQWriter(cfg, reader, np.dtype(compute_dtype), attention, score_bytes).decoder()
     reader.check_all_used()
     return enc, dec
+
+
+#: The precisions ONNX graphs are written in (bf16 runs in torch only).
+ONNX_VQ_PRECISIONS = ("fp32", "fp16", "int8")
+
+
+def vq_graphs(
+    cfg: VQConfig,
+    state: Mapping[str, np.ndarray],
+    precision: str = "fp32",
+    *,
+    samples: Optional[Sequence[np.ndarray]] = None,
+    attention: str = "chunked",
+    source: str = "autoencoder",
+    say: Optional[Callable[[str], None]] = None,
+) -> Tuple[onnx.ModelProto, onnx.ModelProto, Dict[str, Any]]:
+    """(encoder, decoder, info) at ``precision``, with ``vq_precision`` and ``downscale`` in the metadata.
+
+    ``int8`` needs ``samples``: calibration images as the encoder sees them (see
+    :func:`bimaco_deploy.pipeline.calibration.calibration_samples`); ``info`` then holds
+    the calibration summary.
+    """
+    if precision not in ONNX_VQ_PRECISIONS:
+        raise ConfigError(
+            f"--vq-precision {precision}: the exported VQ graphs come in {', '.join(ONNX_VQ_PRECISIONS)} "
+            "(bf16 runs in torch: --backend torch)"
+        )
+    info: Dict[str, Any] = {"precision": precision}
+    if precision == "int8":
+        from .vq_quant import quantize_vq
+
+        if not samples:
+            raise InputError("--vq-precision int8 needs calibration images (--calib DIR, default calib/calibration)")
+        enc, dec = build_vq_graphs(cfg, state, compute_dtype=np.float32, source=source, attention=attention)
+        _tag(enc, cfg, "fp32")
+        _tag(dec, cfg, "fp32")
+        enc, dec, calib = quantize_vq(enc, dec, samples, say=say)
+        info["calibration"] = calib
+    else:
+        enc, dec = build_vq_graphs(cfg, state, compute_dtype=np.float16 if precision == "fp16" else np.float32,
+                                   source=source, attention=attention)
+    for m in (enc, dec):
+        _tag(m, cfg, precision)
+    return enc, dec, info
+
+
+def _tag(model: onnx.ModelProto, cfg: VQConfig, precision: str) -> None:
+    meta = {p.key: p.value for p in model.metadata_props}
+    meta.update(vq_precision=precision, downscale=str(cfg.downscale))
+    del model.metadata_props[:]
+    onnx.helper.set_model_props(model, meta)
+
+
+def graph_precision(model_or_meta: Any) -> str:
+    """The ``vq_precision`` a VQ graph records (graphs written before it existed: from float_dtype)."""
+    meta = model_or_meta if isinstance(model_or_meta, dict) else {p.key: p.value for p in model_or_meta.metadata_props}
+    if "vq_precision" in meta:
+        return meta["vq_precision"]
+    return "fp16" if meta.get("float_dtype") == "float16" else "fp32"

@@ -69,6 +69,16 @@ def pad_bottom_right(y: Tensor, multiple: int) -> Tensor:
     return _pad_axis(y, pad_h, axis=-2)
 
 
+def prepare_lr(lr01: Tensor, multiple: int) -> Tensor:
+    """Steps 1-2: LR in [0, 1] -> [-1, 1], reflect-padded bottom/right to multiples of ``multiple``."""
+    return pad_bottom_right((lr01.to(torch.float32) - 0.5) / 0.5, multiple)
+
+
+def upsample_bicubic(y0_padded: Tensor, sf: int) -> Tensor:
+    """Step 4a: bicubic x sf (align_corners False, no antialias, no clamp): the encoder's input."""
+    return F.interpolate(y0_padded, scale_factor=sf, mode="bicubic")
+
+
 def _pad_axis(y: Tensor, amount: int, axis: int) -> Tensor:
     while amount > 0:
         size = y.shape[axis]
@@ -153,12 +163,11 @@ class OneStepSR:
         """Steps 1-2: [0, 1] -> [-1, 1], reflect-padded bottom/right (this is also the UNet's lq)."""
         if lr01.dim() != 4 or lr01.shape[1] != 3 or lr01.shape[2] < 1 or lr01.shape[3] < 1:
             raise InputError(f"expected an LR image tensor [N, 3, H, W], got shape {tuple(lr01.shape)}")
-        y0 = (lr01.to(device=self.device, dtype=torch.float32) - 0.5) / 0.5
-        return pad_bottom_right(y0, self.pad_multiple)
+        return prepare_lr(lr01.to(device=self.device), self.pad_multiple)
 
     def upsample(self, y0_padded: Tensor) -> Tensor:
         """Step 4a: bicubic x sf (align_corners False, no antialias, no clamp)."""
-        return F.interpolate(y0_padded, scale_factor=self.sf, mode="bicubic")
+        return upsample_bicubic(y0_padded, self.sf)
 
     @torch.no_grad()
     def encode(self, lr_upsampled: Tensor) -> Tensor:

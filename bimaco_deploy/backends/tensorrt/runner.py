@@ -217,9 +217,26 @@ class TensorRTBackend(Backend):
             )
         return TrtUNet(path, plugin_lib=self.spec.plugin_lib), f"tensorrt {path.name}"
 
-    def autoencoder(self, vq_ckpt: Optional[PathLike] = None):
-        """The exported VQ graphs (ONNX Runtime) when the artifacts hold them, else the torch reference."""
+    def vq_precisions(self) -> Tuple[str, ...]:
+        from .vq import TRT_VQ_PRECISIONS
+
+        return TRT_VQ_PRECISIONS
+
+    def autoencoder(self, vq_ckpt: Optional[PathLike] = None, precision: Optional[str] = None, *, graphs=None):
+        """The VQ engines built beside the UNet engine (`build --vq-precision`); without them the
+        ONNX Runtime autoencoder on the CPU, said with a warning."""
+        import warnings
+
+        from ...models.precision import resolve_precision
         from ..onnxruntime import OnnxRuntimeBackend
+        from .vq import TrtVQ, vq_engine_paths
 
-        return OnnxRuntimeBackend(self.spec).autoencoder(vq_ckpt)
+        precision = resolve_precision(precision, "cuda")
+        self.check_vq_precision(precision)
+        if all(p.is_file() for p in vq_engine_paths(self._engine(), precision)):
+            return TrtVQ(self._engine(), precision, TrtUNet, plugin_lib=self.spec.plugin_lib)
+        warnings.warn(f"no {precision} VQ engines beside {self._engine()} (`bimaco-deploy build --vq-precision "
+                      f"{precision}`): the autoencoder runs in ONNX Runtime on the CPU", stacklevel=2)
+        from dataclasses import replace
 
+        return OnnxRuntimeBackend(replace(self.spec, device="cpu")).autoencoder(vq_ckpt, precision, graphs=graphs)

@@ -15,7 +15,12 @@ Binarized activations make whole-model outputs chaotic under rounding (DESIGN.md
    may then diverge, and is reported), otherwise it is a bug. Without a flip
    the output must match tightly.
 3. **SR pipeline** on real LR images (``calib/images``): per-layer sign-flip
-   rates and the PSNR of the backend's SR image against the reference's.
+   rates and the PSNR of the backend's SR image against the reference's. With a
+   low-precision autoencoder (``--vq-precision`` fp16 / bf16 / int8), also the SR image
+   of the pipeline with that autoencoder against the fp32 reference pipeline
+   (:func:`level3_autoencoder`): PSNR and max error with the UNet held fixed (the
+   autoencoder's own error), end to end, the latent error of the encoder and the
+   fraction of codebook indices that change.
 
 Tolerances are never loosened to hide a flip: flips are counted and shown.
 """
@@ -46,8 +51,9 @@ class Thresholds:
     # float16 artifacts round activations to ~5e-4 relative: elements within a few half-ulps flip
     fragile_margin_fp16: float = 2e-3
     model_rel: float = 1e-5  # level 2: max |diff| / max |ref| when no sign flipped
-    # level 3: backend SR vs reference SR. None: reported, not enforced. An untrained (fixture)
-    # model avalanches after one fragile flip (PSNR ~15 dB on calib images), a trained one should not
+    # level 3: backend SR vs reference SR, and the low-precision autoencoder's SR (UNet held fixed)
+    # vs the fp32 pipeline's. None: reported, not enforced. An untrained (fixture) model avalanches
+    # after one fragile flip (PSNR ~15 dB on calib images), a trained one should not
     min_psnr_db: Optional[float] = None
 
 
@@ -256,6 +262,66 @@ def level3_pipeline(cfg: Any, model: Any, backend: ParityRunner, images: Sequenc
     return {"images": rows, "passed": all(r["passed"] for r in rows), "vq": "random init" if vq_ckpt is None else str(vq_ckpt)}
 
 
+def _psnr_max(ref: Any, other: Any) -> Tuple[float, float]:
+    a, b = np.asarray(ref, np.float64), np.asarray(other, np.float64)
+    return psnr(a, b), float(np.abs(a - b).max())
+
+
+def level3_autoencoder(cfg: Any, model: Any, vq_ref: Any, vq_low: Any, precision: str, images: Sequence[Path],
+                       th: Thresholds, seed: int) -> Dict[str, Any]:
+    """The low-precision autoencoder against the fp32 one, both around the reference UNet.
+
+    Per image (SR images in [0, 1]):
+
+    * ``psnr_db`` / ``max_abs``: the UNet held fixed: the low-precision decoder decodes the
+      fp32 pipeline's UNet output. This is the autoencoder's own error in the SR image, and
+      what ``--min-psnr`` gates;
+    * ``latent_psnr_db`` / ``latent_max_abs``: the encoder's latent z_y against the fp32 one
+      (PSNR over the fp32 latent's peak-to-peak range);
+    * ``e2e_psnr_db`` / ``e2e_max_abs``: end to end, the UNet run again on the low-precision
+      encoder's latent (same noise). A binary UNet amplifies any input change through sign
+      flips of near-zero activations (random weights: ~15 dB whatever the precision), so this
+      is reported, not gated;
+    * ``index_change``: fraction of latent pixels whose codebook index differs between the
+      two decoders end to end; ``encoder_index_change``: the same for the encoders' latents
+      snapped directly (the encoder's error in codebook terms).
+    """
+    import torch
+
+    from ..pipeline.images import read_image
+    from ..pipeline.onestep import OneStepSR
+
+    ref_pipe = OneStepSR(model, vq_ref, cfg)
+    low_pipe = OneStepSR(model, vq_low, cfg)
+    sf, scale = ref_pipe.sf, ref_pipe.scale_factor
+    rows = []
+    for path in images:
+        lr = read_image(path)
+        h, w = lr.shape[-2:]
+        with torch.no_grad():
+            ref = ref_pipe.stages(lr, generator=torch.Generator().manual_seed(seed))
+            fixed = low_pipe.decode(ref["unet_out"])[:, :, : h * sf, : w * sf].clamp(-1.0, 1.0) * 0.5 + 0.5
+            low = low_pipe.stages(lr, noise=ref["noise"])
+            _, idx_ref = vq_ref.snap(ref["unet_out"] / scale)
+            _, idx_low = vq_ref.snap(low["unet_out"] / scale)
+            _, enc_ref = vq_ref.snap(ref["z_y"] / scale)
+            _, enc_low = vq_ref.snap(low["z_y"] / scale)
+        p, mx = _psnr_max(ref["sr"].numpy(), fixed.numpy())
+        z_ref, z_low = ref["z_y"].numpy().astype(np.float64), low["z_y"].numpy().astype(np.float64)
+        z_range = max(float(z_ref.max() - z_ref.min()), 1e-12)
+        e2e_p, e2e_mx = _psnr_max(ref["sr"].numpy(), low["sr"].numpy())
+        rows.append({
+            "image": path.name, "psnr_db": p, "max_abs": mx,
+            "latent_psnr_db": psnr(z_ref, z_low, peak=z_range), "latent_max_abs": float(np.abs(z_ref - z_low).max()),
+            "e2e_psnr_db": e2e_p, "e2e_max_abs": e2e_mx,
+            "index_change": float((idx_ref != idx_low).float().mean()),
+            "encoder_index_change": float((enc_ref != enc_low).float().mean()),
+            "passed": bool(th.min_psnr_db is None or p >= th.min_psnr_db),
+        })
+    return {"precision": precision, "autoencoder": repr(vq_low), "images": rows, "passed": all(r["passed"] for r in rows),
+            "min_psnr_db": min((r["psnr_db"] for r in rows), default=None)}
+
+
 # --------------------------------------------------------------------------- entry point
 
 
@@ -273,19 +339,32 @@ def check(
     device: str = "cpu",
     sizes: Optional[Sequence[Tuple[int, int, int]]] = None,
     layers: Optional[Sequence[str]] = None,
+    vq_precision: Optional[str] = None,
+    calib: Optional[PathLike] = None,
+    say: Optional[Callable[[str], None]] = None,
 ) -> Dict[str, Any]:
     """Run the three parity levels of ``backend`` on ``artifacts`` against the reference.
 
     ``ckpt`` None means the same seeded random init the exporter used (``seed``).
     ``images``: LR images or folders of them for level 3 (default: ``calib/images/*.png``).
     ``sizes``: level-2 input shapes (N, H, W); default two cases at the model's size
-    multiple. ``layers``: restrict level 1 to these binary layers (default: all). Returns a JSON-serialisable report; ``report["passed"]`` is the verdict.
+    multiple. ``layers``: restrict level 1 to these binary layers (default: all). ``vq_precision``: the
+    autoencoder's precision on this backend (None: the device default); anything but fp32 adds
+    the autoencoder part of level 3 (:func:`level3_autoencoder`), with INT8 graphs calibrated on
+    ``calib``. Returns a JSON-serialisable report; ``report["passed"]`` is the verdict.
     """
     from ..models import load_config, load_unet
 
+    from ..models.precision import resolve_precision
+
     th = thresholds or Thresholds()
     cfg = load_config(config)
-    bk = make_backend(BackendSpec(backend, cfg, ckpt=ckpt, seed=seed, artifacts=artifacts, device=device)).parity_runner()
+    spec = BackendSpec(backend, cfg, ckpt=ckpt, seed=seed, artifacts=artifacts, device=device)
+    precision = resolve_precision(vq_precision, device)
+    backend_obj = make_backend(spec)
+    if 3 in levels and precision != "fp32":
+        backend_obj.check_vq_precision(precision)  # refuse before the long levels run
+    bk = backend_obj.parity_runner()
     model = load_unet(cfg, ckpt, seed=seed)
     fp16 = bk.float_dtype == np.float16
     if fp16:
@@ -320,6 +399,16 @@ def check(
                 if not Path(p).is_file():
                     raise InputError(f"{p}: image not found")
             report["level3"] = level3_pipeline(cfg, model, bk, imgs, vq_ckpt, th, seed)
+            if precision != "fp32" and cfg.autoencoder is not None:
+                from ..models.autoencoder import load_autoencoder
+                from ..models.precision import TorchVQ
+                from ..pipeline.factory import make_autoencoder
+
+                vq_ref = TorchVQ(load_autoencoder(cfg.autoencoder, vq_ckpt, seed=seed), "fp32")
+                vq_low = make_autoencoder(spec, vq_ckpt, precision, calib=calib, say=say)
+                report["level3"]["autoencoder"] = level3_autoencoder(cfg, model, vq_ref, vq_low, precision, imgs, th, seed)
+                report["level3"]["passed"] = report["level3"]["passed"] and report["level3"]["autoencoder"]["passed"]
+    report["vq_precision"] = precision
     report["passed"] = all(report[k]["passed"] for k in ("level1", "level2", "level3") if k in report)
     return report
 
@@ -361,4 +450,15 @@ def render_check_report(report: Dict[str, Any], console: Any = None) -> None:
             t.add_row(r["image"], f"{r['psnr_db']:.2f}", str(r["flipped_layers"]), f"{r['max_flip_rate']:.2e}",
                       f"{f['layer']} (margin {f['max_margin']:.1e})" if f else "-", ok(r["passed"]))
         console.print(t)
+        vq = l3.get("autoencoder")
+        if vq:
+            t = Table(title=f"level 3: {vq['precision']} autoencoder vs fp32 (SR images) {ok(vq['passed'])}")
+            for c in ("image", "PSNR dB (UNet fixed)", "max err", "latent PSNR dB", "e2e PSNR dB", "index change",
+                      "enc. index change", ""):
+                t.add_column(c)
+            for r in vq["images"]:
+                t.add_row(r["image"], f"{r['psnr_db']:.2f}", f"{r['max_abs']:.3f}", f"{r['latent_psnr_db']:.2f}",
+                          f"{r['e2e_psnr_db']:.2f}", f"{r['index_change']:.3f}", f"{r['encoder_index_change']:.3f}",
+                          ok(r["passed"]))
+            console.print(t)
     console.print(f"overall: {ok(report['passed'])}")

@@ -29,3 +29,10 @@ def parse_hw(text: str) -> Tuple[int, int]:
     except ValueError:
         raise BimacoError(f"size must be H or HxW, got {text!r}")
     return hw
+
+
+#: --vq-precision on every command: one word, one meaning (bimaco_deploy.models.precision).
+VQ_PRECISION_HELP = ("Autoencoder precision: fp32 | fp16 | bf16 | int8 (default: fp32 on CPU, fp16 on GPU). "
+                     "int8: QDQ graphs calibrated on --calib (made and cached on first use); bf16: CPUs with native "
+                     "bfloat16 (AVX512_BF16, AMX, ARM BF16).")
+CALIB_HELP = "Calibration images for --vq-precision int8 (default: calib/calibration)."

@@ -8,7 +8,7 @@ from typing import List, Optional
 import typer
 
 from ..errors import BimacoError
-from ._app import app, fail
+from ._app import CALIB_HELP, VQ_PRECISION_HELP, app, fail
 
 
 @app.command()
@@ -24,7 +24,12 @@ def check(
     device: str = typer.Option("cpu", "--device", help="cpu | cuda | auto."),
     json_out: Optional[Path] = typer.Option(None, "--json", help="Also write the report as JSON here."),
     layer: Optional[List[str]] = typer.Option(None, "--layer", help="Level 1 only for this binary layer (repeatable)."),
-    min_psnr: Optional[float] = typer.Option(None, "--min-psnr", help="Level 3 threshold in dB (default: report only)."),
+    min_psnr: Optional[float] = typer.Option(
+        None, "--min-psnr", help="Level 3 threshold in dB (default: report only): the backend's SR image vs the "
+        "reference's, and with --vq-precision the low-precision autoencoder's SR image (UNet held fixed) vs fp32."),
+    vq_precision: Optional[str] = typer.Option(None, "--vq-precision", help=VQ_PRECISION_HELP + " Level 3 compares "
+                                               "it with the fp32 autoencoder."),
+    calib: Optional[Path] = typer.Option(None, "--calib", help=CALIB_HELP),
 ) -> None:
     """Three-level parity of a backend against the PyTorch reference; exit 1 when a threshold fails."""
     import json
@@ -35,9 +40,13 @@ def check(
         lv = [int(v) for v in levels.split(",") if v.strip()]
     except ValueError:
         raise fail(ValueError(f"--levels must be comma-separated integers, got {levels!r}"))
+    from ..models.precision import parse_precision
+
     try:
         report = run_check(config, unet_ckpt, artifacts, backend=backend, images=images, vq_ckpt=vq_ckpt,
-                           seed=seed, levels=lv, device=device, layers=layer, thresholds=Thresholds(min_psnr_db=min_psnr))
+                           seed=seed, levels=lv, device=device, layers=layer, thresholds=Thresholds(min_psnr_db=min_psnr),
+                           vq_precision=parse_precision(vq_precision), calib=calib,
+                           say=lambda msg: typer.echo(msg, err=True))
     except BimacoError as err:
         raise fail(err)
     render_check_report(report)

@@ -8,7 +8,7 @@ from typing import Optional
 import typer
 
 from ..errors import BimacoError
-from ._app import app, fail
+from ._app import CALIB_HELP, app, fail
 
 
 @app.command()
@@ -27,14 +27,28 @@ def export(
         False, "--float-baseline",
         help="Also write unet_float.onnx: the float model of the same family, exported the same way (bench baseline).",
     ),
+    vq_precision: str = typer.Option("fp32", "--vq-precision", help="VQ graphs: fp32 (ONNX Runtime on CPU; TensorRT "
+                                     "10.x builds fp16/INT8 engines from it) | fp16 | int8 (QDQ, calibrated on --calib)."),
+    calib: Optional[Path] = typer.Option(None, "--calib", help=CALIB_HELP),
 ) -> None:
-    """Export a BiMaCoSR checkpoint to packed 1-bit ONNX (custom bimaco nodes + portable twin)."""
+    """Export a BiMaCoSR checkpoint to packed 1-bit ONNX (custom bimaco nodes + portable twin) and the VQ graphs."""
     from ..export.exporter import export as run_export
+    from ..models.precision import parse_precision
 
     try:
         if (unet_ckpt is None) == (not random_init):
             raise BimacoError("give exactly one of --ckpt FILE or --random-init")
+        precision = parse_precision(vq_precision)
+        samples = source = None
+        if precision == "int8" and not no_vq:
+            from ..backends import resolve_config
+            from ..pipeline.calibration import DEFAULT_CALIB_DIR, calibration_images, calibration_samples
+
+            cfg = resolve_config(config)
+            samples = calibration_samples(calibration_images(calib), sf=cfg.diffusion.sf if cfg.diffusion else 4)
+            source = str(calib or DEFAULT_CALIB_DIR)
         run_export(config, unet_ckpt, out_dir, seed=seed, vq_ckpt=vq_ckpt, dtype=dtype, opset=opset, force=force,
-                   with_vq=False if no_vq else None, float_baseline=float_baseline)
+                   with_vq=False if no_vq else None, float_baseline=float_baseline, vq_precision=precision,
+                   vq_calibration=samples, vq_calibration_source=source)
     except BimacoError as err:
         raise fail(err)

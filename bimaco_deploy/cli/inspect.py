@@ -29,7 +29,15 @@ def inspect(
         model = load_unet(cfg, ckpt) if ckpt is not None else None
         inv = inventory(cfg, model, checkpoint=str(ckpt) if ckpt else None)
         Console().print(render_inventory(inv))
-        write_json_atomic(json_path, inv.to_dict())
+        out = inv.to_dict()
+        if cfg.autoencoder is not None and inv.binary:
+            from ..export.system_size import render_system_sizes, system_sizes
+
+            # the UNet at its ideal deployed size with fp16 side branches, as `export --dtype fp16` writes it
+            out["system_size"] = system_sizes(cfg, inv.deployed_bytes_fp16_side)
+            Console().print(render_system_sizes(out["system_size"], "whole system (ideal sizes): UNet (fp16 side "
+                                                "branches) + VQ encoder + decoder"))
+        write_json_atomic(json_path, out)
     except BimacoError as err:
         raise fail(err)
     typer.echo(f"wrote {json_path}")

@@ -7,12 +7,14 @@ The directory holds
 * ``unet_portable.onnx``: the same graph with every custom node expanded into
   standard ops reading the same initializers, for ONNX Runtime and for checks;
 * ``vq_encoder.onnx`` / ``vq_decoder.onnx`` when a VQ checkpoint is given (or
-  with random weights under random init);
+  with random weights under random init), at ``vq_precision`` (fp32, fp16, or int8 QDQ
+  graphs calibrated on the samples given, see :mod:`.vq_quant`);
 * ``unet_float.onnx`` on request (``float_baseline``): the float model of the same
   family (the config without binarization, seeded random weights: only its speed is
   used) written by the same graph writer in the same dtype, the baseline that
   ``bench`` runs on the same backend and TensorRT builds the same way;
-* ``export_report.json``: see :mod:`.report`.
+* ``export_report.json``: see :mod:`.report`; with the whole system's size (UNet + encoder
+  + decoder at every autoencoder precision, :mod:`.system_size`) beside the UNet-only figure.
 
 The directory is written next to its destination under a temporary name and
 renamed at the end, so a failure never leaves a half-written artifact.
@@ -94,6 +96,17 @@ def _progress(enabled: bool, console: Any):
     )
 
 
+def _system_size(cfg: Any, files: Dict[str, Path], vq_precision: Optional[str]) -> Dict[str, Any]:
+    """Whole-system size: the written unet.onnx and VQ graphs, estimates for the other precisions."""
+    from .system_size import system_sizes
+
+    measured = None
+    if vq_precision is not None:
+        measured = {"precision": vq_precision, "encoder": files[VQ_ENCODER_FILE].stat().st_size,
+                    "decoder": files[VQ_DECODER_FILE].stat().st_size}
+    return system_sizes(cfg, files[UNET_FILE].stat().st_size, measured=measured)
+
+
 def build_float_baseline(cfg: Any, *, dtype: str = "fp32", seed: Optional[int] = None) -> onnx.ModelProto:
     """The float twin of ``cfg``'s UNet (seeded random weights) as ONNX, written like ``unet.onnx``.
 
@@ -130,6 +143,9 @@ def export(
     print_report: bool = True,
     with_vq: Optional[bool] = None,
     float_baseline: bool = False,
+    vq_precision: str = "fp32",
+    vq_calibration: Optional[Any] = None,
+    vq_calibration_source: Optional[str] = None,
 ) -> ExportResult:
     """Export a BiMaCoSR UNet (and optionally its VQ autoencoder) to an artifact directory.
 
@@ -140,13 +156,23 @@ def export(
     existing ``out_dir`` unless ``force``. ``with_vq``: None writes the VQ graphs
     when ``vq_ckpt`` is given or under random init; False never does.
     ``float_baseline`` also writes ``unet_float.onnx`` (see the module docstring).
+    ``vq_precision``: fp32 (default), fp16 or int8; int8 needs ``vq_calibration``, the encoder
+    inputs to calibrate on (:func:`bimaco_deploy.pipeline.calibration.calibration_samples`),
+    named in the report by ``vq_calibration_source``.
     """
     from ..models import load_autoencoder, load_config, load_unet
     from ..models.inventory import float_param_count
     from ..models.checkpoint import read_state_dict
 
+    from .vq import ONNX_VQ_PRECISIONS, vq_graphs
+
     if dtype not in DTYPES:
         raise ConfigError(f"dtype must be one of {sorted(DTYPES)}, got {dtype!r}")
+    if vq_precision not in ONNX_VQ_PRECISIONS:
+        raise ConfigError(f"--vq-precision for exported graphs must be one of {', '.join(ONNX_VQ_PRECISIONS)} "
+                          f"(bf16 runs in torch), got {vq_precision!r}")
+    if vq_precision == "int8" and not vq_calibration:
+        raise ConfigError("--vq-precision int8 needs calibration images (--calib DIR, default calib/calibration)")
     if opset != DEFAULT_OPSET:
         raise ConfigError(f"only opset {DEFAULT_OPSET} is supported (the graphs use opset-{DEFAULT_OPSET} op forms), got {opset}")
     out_dir = Path(out_dir)
@@ -199,18 +225,20 @@ def export(
                 _save(fmodel, tmp / FLOAT_FILE)
                 files[FLOAT_FILE] = tmp / FLOAT_FILE
                 models[FLOAT_FILE] = fmodel
-            vq_dtype = None
+            vq_written = None
+            vq_info: Dict[str, Any] = {}
             want_vq = (vq_ckpt is not None or ckpt is None) if with_vq is None else with_vq
             if cfg.autoencoder is not None and want_vq:
-                prog.update(task, description="writing the VQ encoder and decoder")
+                prog.update(task, description=f"writing the VQ encoder and decoder ({vq_precision}"
+                            + (", calibrating" if vq_precision == "int8" else "") + ")")
                 vq = load_autoencoder(cfg.autoencoder, vq_ckpt, seed=seed)
-                vq_dtype = "fp16" if cfg.autoencoder.use_fp16 else "fp32"
-                enc, dec = build_vq_graphs(
-                    cfg.autoencoder, state_to_numpy(vq.state_dict()), compute_dtype=DTYPES[vq_dtype],
-                    source=str(vq_ckpt or "random init"),
-                )
+                enc, dec, vq_info = vq_graphs(cfg.autoencoder, state_to_numpy(vq.state_dict()), vq_precision,
+                                              samples=vq_calibration, source=str(vq_ckpt or "random init"))
+                vq_written = vq_precision
+                graph_dtype = "fp16" if vq_precision == "fp16" else "fp32"
                 for name, m in ((VQ_ENCODER_FILE, enc), (VQ_DECODER_FILE, dec)):
-                    _set_metadata(m, _metadata(cfg, vq_dtype, "vq", {"downscale": str(cfg.autoencoder.downscale)}))
+                    own = {p.key: p.value for p in m.metadata_props}  # vq_precision, downscale, quantization
+                    _set_metadata(m, {**_metadata(cfg, graph_dtype, "vq"), **own})
                     _save(m, tmp / name)
                     files[name] = tmp / name
                     models[name] = m
@@ -228,8 +256,12 @@ def export(
                 dead_keys=graph.dead_keys,
                 dtype=dtype,
                 opset=opset,
-                extra={"random_init": ckpt is None, "seed": seed if ckpt is None else None, "vq_dtype": vq_dtype},
+                extra={"random_init": ckpt is None, "seed": seed if ckpt is None else None, "vq_precision": vq_written,
+                       "vq_calibration": ({"source": vq_calibration_source, **{k: v for k, v in vq_info.get("calibration", {}).items()
+                                                                                if k != "activation_scales"}}
+                                          if vq_written == "int8" else None)},
             )
+            report["system_size"] = _system_size(cfg, files, vq_written)
             (tmp / REPORT_FILE).write_text(json.dumps(report, indent=1))
         # publish: move any old directory aside first, so the swap leaves one complete directory
         backup = None
@@ -245,4 +277,7 @@ def export(
     final = {name: out_dir / name for name in files}
     if print_report:
         render_report(report, None if console.stderr else console)  # the table goes to stdout
+        from .system_size import render_system_sizes
+
+        (Console() if console.stderr else console).print(render_system_sizes(report["system_size"]))
     return ExportResult(out_dir=out_dir, files=final, report=report)

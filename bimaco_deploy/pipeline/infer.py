@@ -21,6 +21,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 
 from ..errors import InputError
 from .images import read_image, read_image_uint8, save_png
+from .memory import PeakRSS
 from .onestep import OneStepSR
 from .tiling import plan_tiles, super_resolve
 
@@ -36,6 +37,8 @@ class InferItem:
     lr_size: Tuple[int, int]  # (H, W)
     sr_size: Tuple[int, int]
     seconds: float
+    tiles: int = 1
+    peak_rss_mib: float = 0.0  # resident memory peak of the process while this image ran
 
 
 @dataclass
@@ -109,6 +112,7 @@ def infer(
     tile: int = 256,
     stride: Optional[int] = None,
     progress: bool = True,
+    vq_batch: Optional[int] = None,
 ) -> InferReport:
     """Super-resolve ``inputs`` (an image file or a folder) into ``output`` (a .png file or folder).
 
@@ -116,7 +120,9 @@ def infer(
     a folder input writes ``output/<stem>.png`` for each file, in sorted order. Every
     image uses noise from ``seed`` (see :func:`~bimaco_deploy.runtime.tiling.tile_generator`),
     so a result does not depend on which other images are processed. Images larger than
-    ``tile`` LR pixels on a side are tiled (``stride`` default: the original's).
+    ``tile`` LR pixels on a side are tiled (``stride`` default: the original's), with a progress
+    bar per tile and ``vq_batch`` tiles per autoencoder call (see :func:`~.tiling.super_resolve`);
+    each item records its time and the process's peak resident memory while it ran.
     Raises :class:`InputError` (naming the files) before writing anything when an input is
     unreadable or the outputs would collide.
     """
@@ -133,10 +139,22 @@ def infer(
             bar.update(task, description=f"super-resolving {src.name}")
             t0 = time.perf_counter()
             lr = read_image(src)
-            sr = super_resolve(pipeline, lr, seed=seed, tile=tile, stride=stride)
+            n_tiles = len(plan_tiles(lr.shape[-2], lr.shape[-1], tile, stride))
+            tiles_task = bar.add_task(f"  tiles of {src.name}", total=n_tiles) if n_tiles > 1 else None
+
+            def tile_done(done: int, total: int, tiles_task=tiles_task) -> None:
+                if tiles_task is not None:
+                    bar.update(tiles_task, completed=done)
+
+            with PeakRSS(device=str(pipeline.device)) as mem:
+                sr = super_resolve(pipeline, lr, seed=seed, tile=tile, stride=stride, vq_batch=vq_batch,
+                                   progress=tile_done)
             save_png(dst, sr)
+            if tiles_task is not None:
+                bar.remove_task(tiles_task)
             report.items.append(
-                InferItem(src, dst, tuple(lr.shape[-2:]), tuple(sr.shape[-2:]), time.perf_counter() - t0)
+                InferItem(src, dst, tuple(lr.shape[-2:]), tuple(sr.shape[-2:]), time.perf_counter() - t0, n_tiles,
+                          mem.peak_mib)
             )
             bar.advance(task)
     report.seconds = time.perf_counter() - start

@@ -470,6 +470,40 @@ def _plan_build(
     return profile, onnx_float_dtype(inputs), multiple, custom
 
 
+def attach_timing_cache(config: Any, path: Optional[Path]) -> Any:
+    """Load the timing cache at ``path`` (a fresh one when the file does not exist yet) and attach
+    it to the builder config, before the build starts; returns the cache, which must outlive it.
+
+    A file TensorRT cannot read (``create_timing_cache`` returns None) or one made on another
+    GPU or TensorRT version (``set_timing_cache(..., ignore_mismatch=False)`` returns False) is
+    an error naming the file, raised before minutes of building: replacing it would destroy
+    another device's cache, and reusing a mismatched one can give wrong timings.
+    """
+    blob = path.read_bytes() if path is not None and path.is_file() else b""
+    cache = config.create_timing_cache(blob)
+    if cache is None:
+        if blob:
+            raise ArtifactError(
+                f"{path}: not a TensorRT timing cache TensorRT can read (corrupt, or written by another "
+                "TensorRT version); delete it or pass another --timing-cache file"
+            )
+        raise BackendUnavailable("TensorRT could not create an empty timing cache")
+    if not config.set_timing_cache(cache, ignore_mismatch=False):
+        raise ArtifactError(
+            f"{path}: the timing cache was made on another GPU or TensorRT version and does not fit this "
+            "device; keep one cache per device and TensorRT version (pass another --timing-cache file)"
+        )
+    return cache
+
+
+def save_timing_cache(config: Any, path: Path) -> None:
+    """Write the builder's timing cache (what the build learned) atomically to ``path``."""
+    cache = config.get_timing_cache()
+    if cache is None:
+        raise BimacoError(f"TensorRT returned no timing cache to save to {path} (the engine was written)")
+    _atomic_write(path, bytes(cache.serialize()))
+
+
 def build_from_onnx(
     onnx_path: PathLike,
     out: PathLike,
@@ -526,9 +560,7 @@ def build_from_onnx(
     config.add_optimization_profile(prof)
 
     cache_path = Path(timing_cache) if timing_cache else None
-    cache_bytes = cache_path.read_bytes() if cache_path is not None and cache_path.is_file() else b""
-    cache = config.create_timing_cache(cache_bytes)
-    config.set_timing_cache(cache, ignore_mismatch=False)
+    cache = attach_timing_cache(config, cache_path)  # noqa: F841  (must outlive the build)
 
     t0 = time.perf_counter()
     serialized = builder.build_serialized_network(network, config)
@@ -538,7 +570,7 @@ def build_from_onnx(
     out_path = Path(out)
     _atomic_write(out_path, bytes(serialized))
     if cache_path is not None:
-        _atomic_write(cache_path, bytes(config.get_timing_cache().serialize()))
+        save_timing_cache(config, cache_path)
     return {
         "engine": str(out_path),
         "engine_bytes": out_path.stat().st_size,

@@ -210,13 +210,6 @@ def test_backend_without_tensorrt_says_what_to_install(tmp_path):
         TrtUNet(plan)
 
 
-def test_bench_rejects_bad_arguments(tmp_path):
-    from bimaco_deploy.bench.engine import bench_engine
-
-    with pytest.raises(InputError, match="iters"):
-        bench_engine(tmp_path / "unet.plan", iters=0)
-
-
 def test_float_export_gets_its_engine_built_beside_the_binary_one(tmp_path):
     d = _tiny_model(tmp_path / "a", custom=True)
     assert [j[1].name for j in tb.engine_jobs(d, tmp_path / "unet.plan")] == ["unet.plan"]

@@ -44,6 +44,12 @@ def infer(
         if server is not None:  # the server holds the model: only the files are handled here
             from ..serving.client import infer_server
 
+            local = {"--backend": backend != "torch-ref", "--ckpt": ckpt, "--vq-ckpt": vq_ckpt, "--artifacts": artifacts,
+                     "--engine": engine, "--plugin": plugin, "--tile": tile != 256, "--vq-dtype": vq_dtype != "config"}
+            if any(local.values()):
+                raise BimacoError(f"--server: the server's model and tiling are used; "
+                                  f"{', '.join(k for k, v in local.items() if v)} apply to local inference only")
+
             report = infer_server(server, inputs, output, seed=seed)
         else:
             spec = BackendSpec(backend, resolve_config(config), ckpt=ckpt, seed=seed, artifacts=artifacts,

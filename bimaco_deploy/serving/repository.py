@@ -59,6 +59,7 @@ PLUGIN_FILE = "libbimaco_trt_plugin.so"
 README_FILE = "README.txt"
 #: NGC's Triton container of the same release as nvidia-pytriton's bundled server (2.51).
 NGC_IMAGE = "nvcr.io/nvidia/tritonserver:24.10-py3"
+NGC_TRT_IMAGE = "nvcr.io/nvidia/tensorrt:24.10-py3"  # the same release's TensorRT (10.5), with trtexec
 _MODEL_PY = Path(__file__).with_name("triton_model.py")
 
 TRITON_TYPES = {"float32": "TYPE_FP32", "float16": "TYPE_FP16", "int64": "TYPE_INT64", "int32": "TYPE_INT32",
@@ -289,6 +290,9 @@ def build_configs(
         N.POSTPROCESS: py(N.POSTPROCESS, [TensorSpec(N.DECODED, dec.get(N.IMAGE).dtype, img), lr_hw], [sr, sr_signed]),
         N.TILED: py(N.TILED, [lr, seed], [sr]),
     }
+    # the tiler only waits on the ensemble (one blocking BLS call per tile): with one instance it
+    # would take images one at a time, so it gets an instance per image a batch may hold
+    cfgs[N.TILED]["instance_group"] = [{"kind": Enum("KIND_CPU"), "count": max(instances, max_batch)}]
     for name in N.NETWORKS:
         cfgs[name] = _network_model(name, backend, nets[name], max_batch, instances, device, {**p.get(name, {})},
                                     queue_delay_us)
@@ -566,7 +570,8 @@ def readme_text(backend: str, runtime: str, command: List[str], cfg: ModelConfig
         if backend == "tensorrt":
             lines += [
                 f"The plugin library is copied here as {PLUGIN_FILE}; the engines ({', '.join(ENGINE_FILES.values())})",
-                "and the plugin must be built with the TensorRT of the container (10.5 in 24.10), e.g. inside it:",
+                "and the plugin must be built with the TensorRT of the serving release (10.5 in 24.10), e.g. in",
+                f"{NGC_TRT_IMAGE}:",
                 "",
             ]
             for c in engine_build_commands(artifacts, Path(engines) if engines else Path("engines"), tile, max_batch):

@@ -177,8 +177,8 @@ class TritonServer:
                 os.symlink(src, dst)
         return d.parent
 
-    def start(self, ready_timeout_s: float = 300.0) -> "TritonServer":
-        """Start the server and wait until it is ready (every model loaded)."""
+    def start(self, ready_timeout_s: float = 300.0, stop: Optional[threading.Event] = None) -> "TritonServer":
+        """Start the server and wait until it is ready (every model loaded), or until ``stop`` is set."""
         if not self.repository.is_dir():
             raise ServerError(f"{self.repository}: model repository not found")
         dist = self.dist or bundled_tritonserver()
@@ -189,7 +189,7 @@ class TritonServer:
         self.proc = subprocess.Popen(cmd, stdout=self._log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
                                      env=env, start_new_session=True)
         try:
-            self.wait_ready(ready_timeout_s)
+            self.wait_ready(ready_timeout_s, stop)
         except BaseException:
             self.stop()
             raise
@@ -207,9 +207,11 @@ class TritonServer:
     def is_live(self) -> bool:
         return _get(f"{self.http_url}/v2/health/live") == 200
 
-    def wait_ready(self, timeout_s: float) -> None:
+    def wait_ready(self, timeout_s: float, stop: Optional[threading.Event] = None) -> None:
         deadline = time.monotonic() + timeout_s
         while time.monotonic() < deadline:
+            if stop is not None and stop.is_set():
+                return
             if self.proc is not None and self.proc.poll() is not None:
                 raise ServerError(f"tritonserver exited with code {self.proc.returncode} while starting; its log "
                                   f"({self.log_path}) ends:\n{self.log_tail()}")
@@ -307,10 +309,11 @@ def serve(
                 previous[sig] = signal.signal(sig, lambda *_: stop.set())
         try:
             echo(f"starting tritonserver on {repository} (log: {server.log_path}) ...")
-            server.start(ready_timeout_s)
-            echo(f"ready: HTTP {server.http_url}  gRPC {server.grpc_url}  (health: {server.http_url}/v2/health/ready); "
-                 "Ctrl-C to stop")
-            if on_ready is not None:
+            server.start(ready_timeout_s, stop)
+            if not stop.is_set():
+                echo(f"ready: HTTP {server.http_url}  gRPC {server.grpc_url}  (health: {server.http_url}/v2/health/ready); "
+                     "Ctrl-C to stop")
+            if on_ready is not None and not stop.is_set():
                 on_ready(server)
             while not stop.wait(0.5):
                 if server.proc is None or server.proc.poll() is not None:
@@ -319,6 +322,8 @@ def serve(
             echo("stopping tritonserver ...")
             code = server.stop()
             echo(f"tritonserver stopped (exit code {code})")
+            if code:  # e.g. clients still connected after the exit timeout: Triton then cuts them off
+                echo(f"its log ends: {server.log_tail(1)}")
             return code or 0
         finally:
             server.close()

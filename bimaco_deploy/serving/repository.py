@@ -26,7 +26,7 @@ import os
 import shlex
 import shutil
 import tempfile
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Sequence, Tuple, Union
 
@@ -323,12 +323,13 @@ def _resolve_model_config(config: Optional[Union[PathLike, ModelConfig]], artifa
         return cfg, Path(cfg.source).read_text()
     if artifacts is None:
         raise ConfigError("the repository needs the model config: pass --config, or --artifacts of an export")
-    text = onnx_config_yaml(artifacts / PORTABLE_FILE if (artifacts / PORTABLE_FILE).is_file() else artifacts / UNET_FILE)
+    graph = artifacts / PORTABLE_FILE if (artifacts / PORTABLE_FILE).is_file() else artifacts / UNET_FILE
+    text = onnx_config_yaml(graph)
     with tempfile.TemporaryDirectory() as tmp:
         path = Path(tmp) / CONFIG_FILE
         path.write_text(text)
         cfg = resolve_config(path)
-    return cfg, text
+    return replace(cfg, source=Path(f"{graph} (embedded config)")), text
 
 
 def write_repository(

@@ -78,7 +78,7 @@ def test_bundled_tritonserver_loads_and_runs_every_model_of_the_python_repositor
 
         from bimaco_deploy.pipeline.images import tensor_to_uint8
 
-        assert np.array_equal(sr[0], tensor_to_uint8(torch.from_numpy(signed) * 0.5 + 0.5))
+        assert np.array_equal(sr[0], tensor_to_uint8(torch.from_numpy(signed.copy()) * 0.5 + 0.5))
     finally:
         client.close()
 

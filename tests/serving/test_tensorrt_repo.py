@@ -13,7 +13,6 @@ import numpy as np
 import pytest
 from serving_helpers import free_ports
 
-
 pytestmark = [pytest.mark.tensorrt, pytest.mark.slow]
 
 TRITON_ROOT = Path(os.environ.get("TRITONSERVER_ROOT", "/opt/tritonserver"))

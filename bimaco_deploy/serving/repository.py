@@ -378,6 +378,13 @@ def write_repository(
         raise ArtifactError(f"{out}: already exists; pass --force to replace it")
     if out.exists() and not out.is_dir():
         raise ArtifactError(f"{out}: exists and is not a directory")
+    torch_runtime = backend == "python" and runtime == "torch"
+    unused = {"--ckpt": ckpt is not None and not torch_runtime, "--vq-ckpt": vq_ckpt is not None and not torch_runtime,
+              "--engines": engines is not None and backend != "tensorrt",
+              "--plugin": plugin_lib is not None and backend != "tensorrt"}
+    if any(unused.values()):  # refused rather than silently ignored
+        raise InputError(f"{', '.join(k for k, v in unused.items() if v)} do not apply to --backend {backend}"
+                         + (f" --runtime {runtime}" if backend == "python" else ""))
     art = Path(artifacts) if artifacts is not None else None
     uses_onnx_files = backend in ("tensorrt", "onnxruntime") or runtime == "onnxruntime"
     if uses_onnx_files and art is None:

@@ -89,8 +89,9 @@ def onnx_graph_io(path: Path):
                                            ("tensorrt", "fp16")])
 def test_network_configs_name_the_exported_graphs_inputs_outputs_types_and_shapes(tmp_path, artifacts, engines,
                                                                                    backend, dtype):
-    repo = write_repository(tmp_path / "repo", backend=backend, artifacts=artifacts[dtype], engines=engines,
-                            plugin_lib=engines / PLUGIN_FILE, max_batch=3, instances=2).path
+    trt = dict(engines=engines, plugin_lib=engines / PLUGIN_FILE) if backend == "tensorrt" else {}
+    repo = write_repository(tmp_path / "repo", backend=backend, artifacts=artifacts[dtype], max_batch=3, instances=2,
+                            **trt).path
     cfgs = parse_all(repo)
     for name in N.NETWORKS:
         cfg = cfgs[name]
@@ -124,9 +125,8 @@ def _tensor_types(cfg) -> Dict[str, str]:
 @pytest.mark.parametrize("backend", ["tensorrt", "onnxruntime", "python"])
 def test_ensemble_steps_consume_only_tensors_already_produced_with_matching_types(tmp_path, artifacts, engines,
                                                                                  backend):
-    kw = dict(artifacts=artifacts["fp32"], engines=engines, plugin_lib=engines / PLUGIN_FILE)
-    if backend == "python":
-        kw = dict(config="bimacosr-tiny")
+    kw = {"tensorrt": dict(artifacts=artifacts["fp32"], engines=engines, plugin_lib=engines / PLUGIN_FILE),
+          "onnxruntime": dict(artifacts=artifacts["fp32"]), "python": dict(config="bimacosr-tiny")}[backend]
     repo = write_repository(tmp_path / "repo", backend=backend, **kw).path
     cfgs = parse_all(repo)
     ens = cfgs[N.ENSEMBLE]
@@ -191,7 +191,8 @@ def test_missing_engines_are_named_with_the_commands_that_build_them(tmp_path, a
 def test_bad_options_fail_before_anything_is_written(tmp_path, artifacts):
     for kw, pattern in [(dict(backend="triton"), "--backend"), (dict(backend="python", max_batch=0), "--max-batch"),
                         (dict(backend="python", instances=0), "--instances"),
-                        (dict(backend="onnxruntime"), "--artifacts")]:
+                        (dict(backend="onnxruntime"), "--artifacts"),
+                        (dict(backend="onnxruntime", ckpt="unet.pth"), "--ckpt do not apply to --backend onnxruntime")]:
         with pytest.raises((InputError, ArtifactError), match=pattern):
             write_repository(tmp_path / "repo", config="bimacosr-tiny", **kw)
     assert not (tmp_path / "repo").exists()

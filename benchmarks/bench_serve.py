@@ -135,7 +135,7 @@ def main() -> None:
                                 vq_ckpt=args.vq_ckpt, vq_dtype="float32", max_batch=4, link_files=False).path
         server = TritonServer(repo, http_port=args.port, grpc_port=args.port + 1)
         t0 = time.perf_counter()
-        with server:
+        with server.start(ready_timeout_s=1800):
             out["server_start_s"] = time.perf_counter() - t0
             warm = RemoteSR(server.http_url)
             warm(images[-1], seed=99)

@@ -151,6 +151,8 @@ class TritonServer:
             # each stub's shared-memory pool starts large enough for a 256 px tile's SR (12 MiB)
             "--backend-config=python,shm-default-byte-size=16777216",
             "--backend-config=python,shm-growth-byte-size=16777216",
+            # a stage building the published model from a checkpoint takes minutes on a small CPU
+            "--backend-config=python,stub-timeout-seconds=600",
         ]
         if self.metrics_port is None:
             cmd.append("--allow-metrics=false")

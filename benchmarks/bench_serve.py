@@ -112,20 +112,24 @@ def main() -> None:
         "config": str(cfg.source), "lr_size": args.size, "vq_dtype": "float32", "weights": args.ckpt or "random (seed 0)",
     }
 
-    # local infer: the pipeline `infer --backend torch --vq-dtype float32` runs, image after image
+    # local infer: the pipeline `infer --backend torch --vq-dtype float32` runs, image after image;
+    # timed before and after the server (other load on the machine drifts; both are reported)
     spec = BackendSpec("torch", cfg, ckpt=args.ckpt, seed=0)
     t0 = time.perf_counter()
     pipe = make_pipeline(spec, args.vq_ckpt, vq_dtype=torch.float32)
     out["local_load_s"] = time.perf_counter() - t0
     tensor_to_uint8(super_resolve(pipe, uint8_to_tensor(images[-1]), seed=99))  # warm-up
-    lat = []
-    t0 = time.perf_counter()
-    for i in range(args.requests):
-        t1 = time.perf_counter()
-        tensor_to_uint8(super_resolve(pipe, uint8_to_tensor(images[i]), seed=i))
-        lat.append(time.perf_counter() - t1)
-    out["local"] = summary(lat, time.perf_counter() - t0)
-    del pipe
+
+    def local_run() -> Dict[str, float]:
+        lat = []
+        t0 = time.perf_counter()
+        for i in range(args.requests):
+            t1 = time.perf_counter()
+            tensor_to_uint8(super_resolve(pipe, uint8_to_tensor(images[i]), seed=i))
+            lat.append(time.perf_counter() - t1)
+        return summary(lat, time.perf_counter() - t0)
+
+    out["local"] = local_run()
 
     # the server `serve --backend torch` starts
     import tempfile
@@ -143,9 +147,12 @@ def main() -> None:
             for c in args.clients:
                 out[f"serve_{c}_clients"] = run_clients(server.http_url, images, c, args.requests)
                 print(f"{c} client(s): {out[f'serve_{c}_clients']}", flush=True)
+    out["local_after"] = local_run()
+    del pipe
 
-    rows = [("local `infer --backend torch` (sequential)", out["local"])]
+    rows = [("local `infer --backend torch` (sequential), before the server", out["local"])]
     rows += [(f"`serve`, {c} concurrent client(s)", out[f"serve_{c}_clients"]) for c in args.clients]
+    rows += [("local `infer --backend torch` (sequential), after the server", out["local_after"])]
     md = [f"config `{name}`, LR {args.size}x{args.size} (one tile), vq float32, weights {out['weights']}",
           "", "| path | images | images/s | p50 latency (s) | p99 latency (s) |", "|---|---|---|---|---|"]
     for label, r in rows:

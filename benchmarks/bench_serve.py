@@ -18,7 +18,6 @@ Writes benchmarks/results/serve_<config>.{json,md} and prints the table.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import platform
 import statistics
@@ -148,7 +147,6 @@ def main() -> None:
                 out[f"serve_{c}_clients"] = run_clients(server.http_url, images, c, args.requests)
                 print(f"{c} client(s): {out[f'serve_{c}_clients']}", flush=True)
     out["local_after"] = local_run()
-    del pipe
 
     rows = [("local `infer --backend torch` (sequential), before the server", out["local"])]
     rows += [(f"`serve`, {c} concurrent client(s)", out[f"serve_{c}_clients"]) for c in args.clients]

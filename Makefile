@@ -12,7 +12,7 @@ install: $(STAMP)
 
 $(STAMP): pyproject.toml
 	$(PIP) install -q "$(TORCH_SPEC)"
-	$(PIP) install -q -e ".[dev,calib]"
+	$(PIP) install -q -e ".[dev,calib,serve]"
 	@mkdir -p build && touch $(STAMP)
 
 build: install

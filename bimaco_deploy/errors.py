@@ -31,3 +31,7 @@ class ArtifactError(BimacoError):
 
 class BackendUnavailable(BimacoError):
     """A backend needs a library, compiler or device that this machine lacks."""
+
+
+class ServerError(BimacoError):
+    """An inference server cannot be started or reached, or refused a request (its message is shown)."""

@@ -23,6 +23,7 @@ RANKS = {
     "backends": 4,
     "pipeline": 5,
     "check": 6, "bench": 6,
+    "serving": 6,  # Triton: model repository, Python-backend stages, the bundled server, the client
     "doctor": 7,
     "cli": 8, "demo": 8,
     "runtime": 9,  # re-exports of moved entry points, for users only

@@ -14,7 +14,7 @@ from typing import List, Optional
 import typer
 
 from ..errors import BimacoError
-from . import bench, build, check, doctor, export, infer, inspect  # noqa: F401  (each registers its command)
+from . import bench, build, check, doctor, export, infer, inspect, serve, triton_repo  # noqa: F401  (each registers its command)
 from ._app import app
 
 __all__ = ["app", "main"]

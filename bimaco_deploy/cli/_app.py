@@ -11,7 +11,7 @@ from ..errors import BimacoError
 app = typer.Typer(
     add_completion=False,
     no_args_is_help=True,
-    help="Deploy binarized BiMaCoSR super-resolution models: inspect, export, check, infer, bench, build, doctor.",
+    help="Deploy binarized BiMaCoSR super-resolution models: inspect, export, check, infer, bench, build, doctor, serve, triton-repo.",
 )
 
 

@@ -26,6 +26,8 @@ def infer(
     seed: int = typer.Option(0, "--seed", help="Noise seed (each tile derives its own stream); also the random-init seed."),
     tile: int = typer.Option(256, "--tile", help="LR tile size for large images (the original: 256 or 512)."),
     vq_dtype: str = typer.Option("config", "--vq-dtype", help="config | float16 | float32 (float16 is slow on CPU)."),
+    server: Optional[str] = typer.Option(None, "--server", help="Send to a Triton server (http://HOST:PORT or grpc://...); "
+                                         "the model options are then the server's."),
 ) -> None:
     """Super-resolve an image or a folder of images (PNG outputs, written atomically)."""
     import torch
@@ -39,10 +41,21 @@ def infer(
         if vq_dtype not in dtypes:
             raise BimacoError(f"--vq-dtype must be one of {', '.join(dtypes)}, got {vq_dtype!r}")
         check_inputs(inputs, output)  # fail on bad inputs before spending time loading models
-        spec = BackendSpec(backend, resolve_config(config), ckpt=ckpt, seed=seed, artifacts=artifacts,
-                           engine=engine, plugin_lib=plugin, device=device)
-        pipe = make_pipeline(spec, vq_ckpt, vq_dtype=dtypes[vq_dtype])
-        report = run_infer(pipe, inputs, output, seed=seed, tile=tile)
+        if server is not None:  # the server holds the model: only the files are handled here
+            from ..serving.client import infer_server
+
+            local = {"--backend": backend != "torch-ref", "--ckpt": ckpt, "--vq-ckpt": vq_ckpt, "--artifacts": artifacts,
+                     "--engine": engine, "--plugin": plugin, "--tile": tile != 256, "--vq-dtype": vq_dtype != "config"}
+            if any(local.values()):
+                raise BimacoError(f"--server: the server's model and tiling are used; "
+                                  f"{', '.join(k for k, v in local.items() if v)} apply to local inference only")
+
+            report = infer_server(server, inputs, output, seed=seed)
+        else:
+            spec = BackendSpec(backend, resolve_config(config), ckpt=ckpt, seed=seed, artifacts=artifacts,
+                               engine=engine, plugin_lib=plugin, device=device)
+            pipe = make_pipeline(spec, vq_ckpt, vq_dtype=dtypes[vq_dtype])
+            report = run_infer(pipe, inputs, output, seed=seed, tile=tile)
     except BimacoError as err:
         raise fail(err)
     for item in report.items:

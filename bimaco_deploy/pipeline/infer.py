@@ -15,12 +15,15 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Dict, List, Optional, Tuple, Union
+from typing import Callable, Dict, List, Optional, Tuple, Union
+
+import numpy as np
+import torch
 
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
 from ..errors import InputError
-from .images import read_image, read_image_uint8, save_png
+from .images import read_image_uint8, save_png, uint8_to_tensor
 from .onestep import OneStepSR
 from .tiling import plan_tiles, super_resolve
 
@@ -100,6 +103,11 @@ def _validate(pairs: List[Tuple[Path, Path]]) -> None:
         raise InputError(f"{len(bad)} of {len(pairs)} inputs cannot be read, nothing was written:\n  " + "\n  ".join(bad))
 
 
+#: One image through super-resolution: uint8 LR [H, W, 3] in, SR out (a float tensor in [0, 1],
+#: [1, 3, sf*H, sf*W], or uint8 [sf*H, sf*W, 3]).
+SRFn = Callable[[np.ndarray], Union[np.ndarray, torch.Tensor]]
+
+
 def infer(
     pipeline: OneStepSR,
     inputs: PathLike,
@@ -120,9 +128,19 @@ def infer(
     Raises :class:`InputError` (naming the files) before writing anything when an input is
     unreadable or the outputs would collide.
     """
+    plan_tiles(1, 1, tile, stride)  # an invalid tiling fails here, before anything is written
+
+    def sr_image(img: np.ndarray) -> torch.Tensor:
+        return super_resolve(pipeline, uint8_to_tensor(img), seed=seed, tile=tile, stride=stride)
+
+    return infer_files(sr_image, inputs, output, progress=progress)
+
+
+def infer_files(sr_image: SRFn, inputs: PathLike, output: PathLike, *, progress: bool = True) -> InferReport:
+    """The file side of :func:`infer` around any ``sr_image`` (a local pipeline, or a server):
+    plan and validate every input before writing anything, show progress, write PNGs atomically."""
     start = time.perf_counter()
     inputs, output = Path(inputs), Path(output)
-    plan_tiles(1, 1, tile, stride)  # an invalid tiling fails here, before anything is written
     pairs, skipped = _plan(inputs, output)
     _validate(pairs)
     report = InferReport(skipped=skipped)
@@ -132,12 +150,11 @@ def infer(
         for src, dst in pairs:
             bar.update(task, description=f"super-resolving {src.name}")
             t0 = time.perf_counter()
-            lr = read_image(src)
-            sr = super_resolve(pipeline, lr, seed=seed, tile=tile, stride=stride)
+            lr = read_image_uint8(src)
+            sr = sr_image(lr)
             save_png(dst, sr)
-            report.items.append(
-                InferItem(src, dst, tuple(lr.shape[-2:]), tuple(sr.shape[-2:]), time.perf_counter() - t0)
-            )
+            sr_size = tuple(sr.shape[-2:]) if isinstance(sr, torch.Tensor) else tuple(sr.shape[:2])
+            report.items.append(InferItem(src, dst, tuple(lr.shape[:2]), sr_size, time.perf_counter() - t0))
             bar.advance(task)
     report.seconds = time.perf_counter() - start
     return report

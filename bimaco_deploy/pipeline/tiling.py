@@ -104,6 +104,38 @@ def iter_tiles(lr01: Tensor, tiles: List[Tile]) -> Iterator[Tuple[Tile, Tensor]]
         yield t, lr01[:, :, t.top : t.top + t.height, t.left : t.left + t.width]
 
 
+class TileCanvas:
+    """The blending half of tiling: add each tile's [-1, 1] SR in tile order, then :meth:`result`.
+
+    Overlaps are plain averages (sum / count), as in the original. Tiles must be added in
+    index order: float sums of overlapping pixels depend on the order of the additions.
+    Used by :func:`super_resolve` and by the Triton tiler (:mod:`bimaco_deploy.serving`),
+    which gets each tile's SR from a server instead of a local pipeline.
+    """
+
+    def __init__(self, batch: int, height: int, width: int, sf: int, device: Optional[torch.device] = None):
+        self.sf = sf
+        self.canvas = torch.zeros((batch, 3, height * sf, width * sf), dtype=torch.float32, device=device)
+        self.count = torch.zeros_like(self.canvas)
+        self._next = 0
+
+    def add(self, t: Tile, sr_signed: Tensor) -> None:
+        """Add tile ``t``'s SR in [-1, 1], [N, 3, sf*t.height, sf*t.width]."""
+        if t.index != self._next:
+            raise InputError(f"tile {t.index} added out of order (expected tile {self._next})")
+        sf = self.sf
+        rows = slice(t.top * sf, (t.top + t.height) * sf)
+        cols = slice(t.left * sf, (t.left + t.width) * sf)
+        self.canvas[:, :, rows, cols] += sr_signed
+        self.count[:, :, rows, cols] += 1
+        self._next += 1
+
+    def result(self) -> Tensor:
+        """The blended SR in [0, 1]."""
+        # every pixel is covered: the last start of each axis is length - tile
+        return self.canvas.div(self.count) * 0.5 + 0.5
+
+
 @torch.no_grad()
 def super_resolve(
     pipeline: OneStepSR,
@@ -121,16 +153,9 @@ def super_resolve(
         raise InputError(f"expected an LR image tensor [N, 3, H, W], got shape {tuple(lr01.shape)}")
     n, _, h, w = lr01.shape
     tiles = plan_tiles(h, w, tile, stride)
-    sf = pipeline.sf
     if len(tiles) == 1:
         return pipeline(lr01, generator=tile_generator(seed, 0))
-    canvas = torch.zeros((n, 3, h * sf, w * sf), dtype=torch.float32, device=pipeline.device)
-    count = torch.zeros_like(canvas)
+    canvas = TileCanvas(n, h, w, pipeline.sf, device=pipeline.device)
     for t, crop in iter_tiles(lr01, tiles):
-        sr = pipeline.sample_signed(crop, generator=tile_generator(seed, t.index))
-        rows = slice(t.top * sf, (t.top + t.height) * sf)
-        cols = slice(t.left * sf, (t.left + t.width) * sf)
-        canvas[:, :, rows, cols] += sr
-        count[:, :, rows, cols] += 1
-    # every pixel is covered: the last start of each axis is length - tile
-    return canvas.div(count) * 0.5 + 0.5
+        canvas.add(t, pipeline.sample_signed(crop, generator=tile_generator(seed, t.index)))
+    return canvas.result()

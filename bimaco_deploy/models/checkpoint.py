@@ -117,6 +117,9 @@ def pickle_globals(data: bytes) -> List[str]:
         elif op.stack_after:
             recent.append(None)
         del recent[:-4]
+    # protocol <= 2 pickles use the Python 2 module names
+    renamed = {"__builtin__": "builtins", "copy_reg": "copyreg"}
+    found = [renamed.get(g.split(".", 1)[0], g.split(".", 1)[0]) + g[len(g.split(".", 1)[0]):] for g in found]
     return list(dict.fromkeys(found))
 
 
@@ -135,6 +138,20 @@ def _describe_text(head: bytes) -> Optional[str]:
     if text.lstrip().startswith(("{", "[")):
         return f"a JSON or other text file (starts with {first!r})"
     return f"a text file (starts with {first!r})"
+
+
+def _is_old_protocol_pickle(head: bytes) -> bool:
+    """A complete protocol 0/1 pickle (no PROTO opcode) at the start of ``head``."""
+    import pickletools
+
+    if not head or head[:1] not in b"(]}cKJIMNFSVXUTGhjqrp.)":
+        return False
+    try:
+        for op, _arg, _pos in pickletools.genops(head):
+            pass
+    except ValueError:
+        return False
+    return True
 
 
 def _is_safetensors(head: bytes) -> bool:
@@ -216,6 +233,8 @@ def describe_file_problem(path: PathLike) -> Optional[str]:
     if head.startswith((b"PK\x03\x04", b"PK\x05\x06")):
         return _zip_problem(path, size)
     if head[:1] == b"\x80" and head[1:2] in (b"\x02", b"\x03", b"\x04", b"\x05"):
+        return _raw_pickle_problem(path, head, size)
+    if _is_old_protocol_pickle(head):
         return _raw_pickle_problem(path, head, size)
     for magic, what in _MAGIC:
         if head.startswith(magic):

@@ -462,6 +462,13 @@ def check(
     lv = parse_levels(levels)
     prog = progress or Progress.quiet()
     # everything that can be refused is refused before models are loaded
+    unused = [opt for opt, given, level in (("--vq-ckpt", vq_ckpt is not None, 3), ("--images", bool(images), 3),
+                                            ("--min-psnr", th.min_psnr_db is not None, 3), ("--layer", bool(layers), 1))
+              if given and level not in lv]
+    if unused:
+        raise InputError(f"{', '.join(unused)} {'is' if len(unused) == 1 else 'are'} not used by --levels "
+                         f"{','.join(map(str, lv))} (only level {3 if unused[0] != '--layer' else 1} reads it); "
+                         "drop it or add the level")
     imgs: List[Path] = []
     if 3 in lv:
         if images:
@@ -475,8 +482,9 @@ def check(
     if 3 in lv and cfg.autoencoder is None:
         raise InputError(f"{cfg.source}: the config has no autoencoder section, so level 3 cannot run; "
                          "use --levels 1,2")
-    if ckpt is not None:
-        check_checkpoint_file(ckpt)  # a bad file is named now, not after minutes of work
+    for path in (ckpt, vq_ckpt if 3 in lv else None):
+        if path is not None:
+            check_checkpoint_file(path)  # a bad file is named now, not after minutes of work
     cls = get_backend(backend)
     spec = BackendSpec(backend, cfg, ckpt=ckpt if "ckpt" in cls.uses else None, seed=seed, artifacts=artifacts,
                        device=device, isa=isa, plugin_lib=plugin_lib)

@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import os
 from typing import ContextManager, Dict, Iterable, Iterator, List, Optional, Tuple
 
 import numpy as np
@@ -263,22 +264,24 @@ def memory_report(packed: nn.Module, float_params: Optional[int] = None) -> Dict
 @contextlib.contextmanager
 def cpu_isa(name: Optional[str]) -> Iterator[None]:
     """The packed CPU kernels on instruction set ``name`` inside the block (None: unchanged), then the
-    automatic choice again. An ISA this CPU or library lacks is a BackendUnavailable naming the ones it has."""
+    process-wide choice again. An ISA this CPU or library lacks is a BackendUnavailable naming the ones it has."""
     if name is None:
         yield
         return
     torch_ops.set_cpu_isa(name)
     try:
         yield
-    finally:
-        torch_ops.set_cpu_isa("auto")
+    finally:  # back to the process-wide choice ($BIMACO_CPU_ISA, else automatic)
+        torch_ops.set_cpu_isa(os.environ.get(torch_ops.ISA_ENV, "").strip() or "auto")
 
 
 def kernel_description(isa: Optional[str] = None) -> str:
     """Which kernels the packed layers run on: the native CPU kernels and their ISA, or the fallback."""
     if not torch_ops.ops_available():
         return f"the pure-torch fallback of the op contract ({torch_ops.unavailable_reason()})"
-    return f"native CPU kernels, ISA {isa or torch_ops.cpu_isa()}" + ("" if isa else " (automatic choice)")
+    forced = os.environ.get(torch_ops.ISA_ENV, "").strip()
+    how = "" if isa else (f" (${torch_ops.ISA_ENV}={forced})" if forced and forced != "auto" else " (automatic choice)")
+    return f"native CPU kernels, ISA {isa or torch_ops.cpu_isa()}{how}"
 
 
 class PackedTorchParityRunner(ParityRunner):

@@ -110,9 +110,9 @@ def test_level1_progress_is_per_layer(artifacts):
     assert lines[-1].endswith(f"({SOME_LAYERS[2]})")
 
 
-def test_a_divergence_caused_by_one_near_zero_flip_is_explained():
-    """Make a 'backend' that differs from the reference only in the sign of the reference's most fragile
-    binarized activation: the explanation must find that one flip and say so."""
+def test_a_divergence_caused_by_one_near_zero_flip_is_explained_and_a_large_one_is_not():
+    """A 'backend' that differs from the reference only in the sign of one binarized activation:
+    at a near-zero element the row is explained (one flip, its margin); at a large one it is a bug."""
     from bimaco_deploy.check.parity import fixture_like_inputs, margins
     from bimaco_deploy.models import iter_binary_layers, load_unet
     from bimaco_deploy.models.probes import capture_binary_inputs, force_signs
@@ -121,35 +121,37 @@ def test_a_divergence_caused_by_one_near_zero_flip_is_explained():
     x, t, lq = fixture_like_inputs(1, 32, 32, 3, 3, 14, 5)
     args = (torch.from_numpy(x), torch.from_numpy(t), torch.from_numpy(lq))
     with torch.no_grad(), capture_binary_inputs(model) as cap:
-        ref = model(*args).numpy()
-    order = [n for n, _ in iter_binary_layers(model)]
-    ranks = {n: 4 for n, m in iter_binary_layers(model) if m.__class__.__name__ == "BinaryConv2d"}
-    # the smallest-margin nonzero element of a mid-network layer
-    name = order[len(order) // 2]
-    m = margins(cap[name].numpy(), ranks.get(name, cap[name].dim())).reshape(-1)
+        model(*args)
+    convs = {n for n, m in iter_binary_layers(model) if m.__class__.__name__ == "BinaryConv2d"}
+    name = "input_blocks.4.0.in_layers.2"
+    m = margins(cap[name].numpy(), 4 if name in convs else cap[name].dim()).reshape(-1)
     m[m == 0] = np.inf
-    idx = int(np.argmin(m))
-    value = float(cap[name].reshape(-1)[idx])
-    with torch.no_grad(), force_signs(model, {name: [(idx, -int(np.sign(value)), float(m[idx]))]}), \
-            capture_binary_inputs(model) as bcap:
-        out = model(*args).numpy()
-    if np.abs(out - ref).max() <= 1e-5 * np.abs(out).max():
-        pytest.skip("flipping that element does not move the output on this CPU")
-    backend_inputs = {k: v.numpy() for k, v in bcap.items()}
-    exp = explain_case(model, x, t, lq, out, backend_inputs, order, ranks, atol=1e-5 * float(np.abs(out).max()),
-                       flip_margin=float(m[idx]) * 2, track_margin=max(1e-4, float(m[idx]) * 4), max_flips=4)
-    assert exp["explained"] and exp["flips"] == 1 and exp["layers"] == [name]
-    row = {"verdict": "diverged_after_fragile_flip", "first_flip": {"max_margin": float(m[idx])}, "explanation": exp,
-           "max_rel": 1.0}
-    assert _level2_note(row, Thresholds()) == f"explained: 1 flip, margin <= {exp['max_margin']:.0e}"
+    order = np.argsort(m)
+    th = Thresholds()
+    for idx, expect in ((int(order[0]), True), (int(order[-1 - int(np.isinf(m).sum())]), False)):
+        value = float(cap[name].reshape(-1)[idx])
+        with torch.no_grad(), force_signs(model, {name: [(idx, -int(np.sign(value)), float(m[idx]))]}), \
+                capture_binary_inputs(model) as bcap:
+            out = model(*args).numpy()
+        fragile = 10 * float(m[order[0]])  # the smallest margin counts as fragile, the largest does not
+        exp = explain_case(model, x, t, lq, out, {k: v.numpy() for k, v in bcap.items()}, fragile_margin=fragile,
+                           atol=1e-5 * float(np.abs(out).max()), max_flips=4)
+        assert exp["explained"] is expect, exp
+        if expect:
+            assert exp["flips"] == 1 and exp["layers"] == [name]
+            row = {"verdict": "diverged_after_fragile_flip", "first_flip": {"max_margin": float(m[idx])},
+                   "explanation": exp, "max_rel": 1.0}
+            assert _level2_note(row, th) == f"explained: 1 flip, margin <= {exp['max_margin']:.1e}"
+        else:
+            assert exp["blocking"][0] == name and "a bug, not rounding" in exp["summary"]
 
 
 def test_level2_and_level3_notes_say_why_a_row_passes_or_fails():
     th = Thresholds()
     fragile = {"layer": "a.b", "max_margin": 3e-7, "fragile": True}
-    row2 = {"verdict": "diverged_after_fragile_flip", "first_flip": fragile, "explanation":
-            {"explained": False, "flips": 0, "max_margin": None, "max_abs_error_after": 0.5}, "max_rel": 0.7}
-    assert _level2_note(row2, th).startswith("passes on the first flip's margin only: 3.0e-07 < 1e-04 (rounding)")
+    row2 = {"verdict": "diverged_after_fragile_flip", "first_flip": fragile, "max_rel": 0.7}
+    assert _level2_note(row2, th) == ("passes on the first flip's margin only: 3.0e-07 < 1e-04 (rounding; "
+                                      "not explained: --no-explain)")
     low = {"psnr_db": 15.2, "first_flip": fragile}
     assert _level3_note(low, th).startswith("passes: PSNR is reported, not enforced (no --min-psnr); first flip in a.b")
     assert _level3_note(low, Thresholds(min_psnr_db=30)) == "PSNR 15.20 dB < --min-psnr 30"

@@ -126,6 +126,13 @@ class Progress:
         else:
             print(text, file=self.stream, flush=True)
 
+    def result(self, text: str) -> None:
+        """A result line on stdout (printed above a live bar when both share a terminal)."""
+        if self._rich is not None and sys.stdout.isatty():
+            self._rich.console.print(text, markup=False, highlight=False, soft_wrap=True)
+        else:
+            print(text, flush=True)
+
     # ------------------------------------------------------------------ display
     def _start(self, task: Task) -> None:
         if self.mode == "bar":

@@ -50,7 +50,8 @@ def check(
     cfg = config_for(config, artifacts)
     th = Thresholds(min_psnr_db=min_psnr, rtol=rtol, atol=atol)
     common = dict(images=images, vq_ckpt=vq_ckpt, seed=seed, levels=lv, device=device, layers=layer, thresholds=th,
-                  explain=not no_explain, progress=progress(), save_inputs=save_inputs, save_outputs=save_outputs)
+                  explain=not no_explain, progress=progress(), save_inputs=save_inputs, save_outputs=save_outputs,
+                  plugin_lib=plugin)
     if isa == "all":
         if backend != "torch":
             raise InputError(f"--isa all is for --backend torch (the packed CPU kernels), not {backend}")
@@ -59,7 +60,7 @@ def check(
                              "--config and --ckpt); drop it")
         report = check_isas(cfg, unet_ckpt, **common)
     else:
-        report = run_check(cfg, unet_ckpt, artifacts, backend=backend, isa=isa, plugin_lib=plugin, **common)
+        report = run_check(cfg, unet_ckpt, artifacts, backend=backend, isa=isa, **common)
     render_check_report(report)
     if json_out is not None:
         write_json_atomic(json_out, report)

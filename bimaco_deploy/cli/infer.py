@@ -64,12 +64,14 @@ def infer(
     if info["autoencoder_random_weights"]:
         warn("the autoencoder runs on seeded random weights (no --vq-ckpt): the output is noise, not super-resolution")
 
+    prog = progress()
+
     def done(item) -> None:
         tiles = f", {item.tiles} tiles" if item.tiles > 1 else ""
-        typer.echo(f"{item.input} -> {item.output}  HxW {item.lr_size[0]}x{item.lr_size[1]} -> "
-                   f"{item.sr_size[0]}x{item.sr_size[1]}  {item.seconds:.2f} s{tiles}")
+        prog.result(f"{item.input} -> {item.output}  HxW {item.lr_size[0]}x{item.lr_size[1]} -> "
+                    f"{item.sr_size[0]}x{item.sr_size[1]}  {item.seconds:.2f} s{tiles}")
 
-    report = run_infer(pipe, inputs, output, seed=seed, tile=tile, progress=progress(), force=force, on_item=done,
+    report = run_infer(pipe, inputs, output, seed=seed, tile=tile, progress=prog, force=force, on_item=done,
                        report_path=json_path, run_info={**info, "seed": seed, "tile": tile, "device": device})
     for path in report.skipped:
         typer.echo(f"skipped {path}")

@@ -16,7 +16,8 @@ PACKAGE = Path(__file__).resolve().parents[1] / "bimaco_deploy"
 #: Each room's place along the data path. A room may import rooms of a lower rank and
 #: itself, never a room of the same or a higher rank (check and bench are siblings).
 RANKS = {
-    "errors": 0, "reports": 0,
+    "errors": 0, "progress": 0,
+    "reports": 0.5,  # the output rule raises errors.OutputError; below everything else
     "plugins": 1,  # the op contract and native kernels: the foundation everything follows
     "models": 2,
     "export": 3,

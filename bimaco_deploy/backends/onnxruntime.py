@@ -17,6 +17,7 @@ from typing import Any, Dict, List, Optional, Sequence, Tuple, Union
 import numpy as np
 
 from ..errors import ArtifactError, BackendUnavailable, InputError
+from ..export import provenance
 from ..export.artifacts import FLOAT_FILE, PORTABLE_FILE, VQ_DECODER_FILE, VQ_ENCODER_FILE
 from .base import Backend, ParityRunner, UNetFn, VQLike, register
 
@@ -42,10 +43,10 @@ def providers_for(device: str = "auto") -> List[str]:
         if device == "cuda":
             raise BackendUnavailable(
                 f"ONNX Runtime has no CUDA provider here (available: {', '.join(available)}); "
-                "install onnxruntime-gpu on a machine with an NVIDIA GPU, or use device='cpu'"
+                "install onnxruntime-gpu on a machine with an NVIDIA GPU, or use --device cpu"
             )
         return ["CPUExecutionProvider"]
-    raise InputError(f"device must be 'cpu', 'cuda' or 'auto', got {device!r}")
+    raise InputError(f"--device {device!r}: ONNX Runtime takes cpu, cuda or auto")
 
 
 def make_session(model: Union[PathLike, bytes, Any], *, device: str = "auto", threads: Optional[int] = None):
@@ -173,10 +174,15 @@ class OrtVQ:
     """The exported VQ autoencoder: ``encode(image) -> latent``, ``decode(latent) -> image`` (float32 IO)."""
 
     def __init__(self, artifacts: PathLike, *, device: str = "auto", threads: Optional[int] = None):
-        self.encoder = make_session(_resolve(artifacts, VQ_ENCODER_FILE), device=device, threads=threads)
-        self.decoder = make_session(_resolve(artifacts, VQ_DECODER_FILE), device=device, threads=threads)
-        meta = model_metadata(self.encoder)
+        self.encoder_path = _resolve(artifacts, VQ_ENCODER_FILE)
+        self.decoder_path = _resolve(artifacts, VQ_DECODER_FILE)
+        self.encoder = make_session(self.encoder_path, device=device, threads=threads)
+        self.decoder = make_session(self.decoder_path, device=device, threads=threads)
+        self.metadata = meta = model_metadata(self.encoder)
         self.downscale = int(meta.get("downscale", "4"))
+        weights = provenance.describe_weights(meta) or "weights as exported"
+        self.description = (f"ONNX graphs {self.encoder_path.name} + {self.decoder_path.name} from "
+                            f"{self.encoder_path.parent} ({meta.get('float_dtype', 'float32')}, ONNX Runtime), {weights}")
 
     def encode(self, image: Any):
         arr, as_torch = _to_numpy(image, np.float32, "image")
@@ -208,6 +214,9 @@ class OrtParityRunner(ParityRunner):
 
         self.unet = OrtUNet(artifacts, device=device)
         self.device = device
+        self.metadata = self.unet.metadata
+        self.source = str(self.unet.path)
+        self.description = f"onnxruntime: {self.unet.path} ({', '.join(self.unet.providers)})"
         self.table = binary_layer_table(self.unet.metadata)
         self.layer_names = [row["name"] for row in self.table]
         self.layer_ranks = {row["name"]: int(row["rank"]) for row in self.table}
@@ -304,9 +313,30 @@ class OnnxRuntimeBackend(Backend):
 
     name = "onnxruntime"
     description = "unet_portable.onnx of an export in ONNX Runtime (needs --artifacts)"
+    uses = frozenset({"artifacts"})
+    unused_because = {**Backend.unused_because,
+                      "ckpt": "the UNet comes from --artifacts: its weights were fixed at export"}
+
+    def check_device(self) -> None:
+        providers_for(self.spec.device)  # a bad name, or CUDA without onnxruntime-gpu, fails here
+
+    def _metadata(self) -> Tuple[Dict[str, str], Path]:
+        path = _resolve(_need_artifacts(self.spec.artifacts), PORTABLE_FILE)
+        return provenance.read_metadata(path), path
 
     def unet(self) -> UNetFn:
-        return OrtUNet(_need_artifacts(self.spec.artifacts), device=self.spec.device, threads=self.spec.threads)
+        unet = OrtUNet(_need_artifacts(self.spec.artifacts), device=self.spec.device, threads=self.spec.threads)
+        provenance.check_contract(unet.metadata, unet.path)
+        provenance.check_config(unet.metadata, unet.path, self.spec.config)
+        return unet
+
+    def describe_unet(self) -> str:
+        meta, path = self._metadata()
+        return f"{path.name} of {path.parent}, " + (provenance.describe_weights(meta) or "weights as exported")
+
+    def random_weights(self) -> bool:
+        meta, _ = self._metadata()
+        return meta.get(provenance.WEIGHTS_KEY) == "random_init"
 
     def float_baseline(self) -> Tuple[UNetFn, str]:
         path = Path(_need_artifacts(self.spec.artifacts)) / FLOAT_FILE
@@ -322,7 +352,10 @@ class OnnxRuntimeBackend(Backend):
         """The exported VQ graphs when the artifacts hold them and no checkpoint overrides them."""
         art = self.spec.artifacts
         if art is not None and vq_ckpt is None and all((Path(art) / f).is_file() for f in (VQ_ENCODER_FILE, VQ_DECODER_FILE)):
-            return OrtVQ(art, device=self.spec.device, threads=self.spec.threads)
+            vq = OrtVQ(art, device=self.spec.device, threads=self.spec.threads)
+            provenance.check_contract(vq.metadata, vq.encoder_path)
+            provenance.check_config(vq.metadata, vq.encoder_path, self.spec.config, parts=("autoencoder",))
+            return vq
         return super().autoencoder(vq_ckpt)
 
     def parity_runner(self) -> ParityRunner:

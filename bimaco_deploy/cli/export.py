@@ -7,14 +7,14 @@ from typing import Optional
 
 import typer
 
-from ..errors import BimacoError
-from ._app import app, fail
+from ..errors import InputError
+from ._app import DEFAULT_CONFIG, command, outputs, progress, warn
 
 
-@app.command()
+@command()
 def export(
     out_dir: Path = typer.Option(..., "--out", "-o", help="Artifact directory to write (unet.onnx, unet_portable.onnx, VQ graphs, report)."),
-    config: str = typer.Option("bimacosr", "--config", "-c", help="Config YAML or built-in name."),
+    config: str = typer.Option(DEFAULT_CONFIG, "--config", "-c", help="Config YAML or built-in name."),
     unet_ckpt: Optional[Path] = typer.Option(None, "--ckpt", help="UNet checkpoint (.pth)."),
     random_init: bool = typer.Option(False, "--random-init", help="No checkpoint: seeded random weights (sizes, speed)."),
     vq_ckpt: Optional[Path] = typer.Option(None, "--vq-ckpt", help="VQ autoencoder checkpoint; VQ graphs are written with it (or under --random-init)."),
@@ -31,10 +31,10 @@ def export(
     """Export a BiMaCoSR checkpoint to packed 1-bit ONNX (custom bimaco nodes + portable twin)."""
     from ..export.exporter import export as run_export
 
-    try:
-        if (unet_ckpt is None) == (not random_init):
-            raise BimacoError("give exactly one of --ckpt FILE or --random-init")
-        run_export(config, unet_ckpt, out_dir, seed=seed, vq_ckpt=vq_ckpt, dtype=dtype, opset=opset, force=force,
-                   with_vq=False if no_vq else None, float_baseline=float_baseline)
-    except BimacoError as err:
-        raise fail(err)
+    if (unet_ckpt is None) == (not random_init):
+        raise InputError("give exactly one of --ckpt FILE or --random-init")
+    outputs((out_dir, dict(option="--out", kind="dir", force=force)))
+    if random_init:
+        warn("--random-init: the artifacts hold seeded random weights; their outputs are noise (sizes and speed only)")
+    run_export(config, unet_ckpt, out_dir, seed=seed, vq_ckpt=vq_ckpt, dtype=dtype, opset=opset, force=force,
+               with_vq=False if no_vq else None, float_baseline=float_baseline, progress=progress())

@@ -7,11 +7,10 @@ from typing import Optional
 
 import typer
 
-from ..errors import BimacoError
-from ._app import app, fail
+from ._app import command, outputs
 
 
-@app.command()
+@command()
 def serve(
     config: Optional[str] = typer.Option(None, "--config", "-c", help="Config YAML or built-in name."),
     ckpt: Optional[Path] = typer.Option(None, "--ckpt", help="UNet checkpoint (.pth); none: seeded random weights."),
@@ -29,17 +28,16 @@ def serve(
     tile: int = typer.Option(256, "--tile", help="LR tile size (as infer --tile)."),
     max_size: int = typer.Option(1024, "--max-size", help="Largest LR side accepted."),
     log: Optional[Path] = typer.Option(None, "--log", help="Write the server's log here."),
+    force: bool = typer.Option(False, "--force", help="Replace an existing --log file."),
 ) -> None:
     """Serve models `bimacosr` and `bimacosr_tiled` on Triton until Ctrl-C / SIGTERM (health: /v2/health/ready)."""
     from ..serving.server import serve as run_serve
 
-    try:
-        code = run_serve(repository=repository, config=config, ckpt=ckpt, vq_ckpt=vq_ckpt, backend=backend,
-                         artifacts=artifacts, seed=seed, vq_dtype=None if vq_dtype == "config" else vq_dtype,
-                         host=host, http_port=http_port, grpc_port=grpc_port, max_batch=max_batch,
-                         instances=instances, tile=tile, max_size=max_size, log_path=log, echo=typer.echo)
-    except BimacoError as err:
-        raise fail(err)
+    outputs((log, dict(option="--log", kind="file", force=force)))
+    code = run_serve(repository=repository, config=config, ckpt=ckpt, vq_ckpt=vq_ckpt, backend=backend,
+                     artifacts=artifacts, seed=seed, vq_dtype=None if vq_dtype == "config" else vq_dtype,
+                     host=host, http_port=http_port, grpc_port=grpc_port, max_batch=max_batch,
+                     instances=instances, tile=tile, max_size=max_size, log_path=log, echo=typer.echo)
     if code:
         typer.echo(f"error: tritonserver exited with code {code}", err=True)
         raise typer.Exit(code=1)

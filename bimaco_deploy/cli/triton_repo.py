@@ -7,11 +7,10 @@ from typing import Optional
 
 import typer
 
-from ..errors import BimacoError
-from ._app import app, fail
+from ._app import command, outputs
 
 
-@app.command("triton-repo")
+@command(name="triton-repo")
 def triton_repo(
     out: Path = typer.Option(..., "--out", "-o", help="The repository folder to write."),
     backend: str = typer.Option(..., "--backend", "-b", help="tensorrt | onnxruntime | python: what the three networks run on."),
@@ -34,13 +33,11 @@ def triton_repo(
     """Write a Triton model repository: ensemble `bimacosr`, tiler `bimacosr_tiled`, and their models."""
     from ..serving.repository import write_repository
 
-    try:
-        result = write_repository(
-            out, backend=backend, artifacts=artifacts, engines=engines, plugin_lib=plugin, config=config,
-            runtime=runtime, ckpt=ckpt, vq_ckpt=vq_ckpt, seed=seed, vq_dtype=None if vq_dtype == "config" else vq_dtype,
-            max_batch=max_batch, instances=instances, device=device, tile=tile, max_size=max_size, force=force,
-        )
-    except BimacoError as err:
-        raise fail(err)
+    outputs((out, dict(option="--out", kind="dir", force=force)))
+    result = write_repository(
+        out, backend=backend, artifacts=artifacts, engines=engines, plugin_lib=plugin, config=config,
+        runtime=runtime, ckpt=ckpt, vq_ckpt=vq_ckpt, seed=seed, vq_dtype=None if vq_dtype == "config" else vq_dtype,
+        max_batch=max_batch, instances=instances, device=device, tile=tile, max_size=max_size, force=force,
+    )
     typer.echo(f"wrote {result.path} ({result.backend}): {', '.join(result.models)}")
     typer.echo(f"serve it: {' '.join(result.command)}   (see {result.path / 'README.txt'})")

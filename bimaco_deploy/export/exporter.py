@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import json
 import shutil
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Dict, Optional, Union
@@ -30,12 +29,15 @@ from typing import Any, Dict, Optional, Union
 import numpy as np
 import onnx
 
-from ..errors import ArtifactError, ConfigError
+from ..errors import ConfigError
 from ..plugins import contract
+from ..progress import Progress
+from ..reports import check_output, make_temp_dir
 from .artifacts import FLOAT_FILE, PORTABLE_FILE, REPORT_FILE, UNET_FILE, VQ_DECODER_FILE, VQ_ENCODER_FILE
 from .graph_builder import DEFAULT_OPSET
 from .layer_params import state_to_numpy
 from .portable import to_portable
+from .provenance import weights_metadata
 from .report import build_report, render_report
 from .unet_graph import build_unet_graph
 from .vq import build_vq_graphs
@@ -86,14 +88,6 @@ def _save(model: onnx.ModelProto, path: Path) -> None:
     onnx.save_model(model, str(path))
 
 
-def _progress(enabled: bool, console: Any):
-    from rich.progress import Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
-
-    return Progress(
-        SpinnerColumn(), TextColumn("{task.description}"), TimeElapsedColumn(), console=console, disable=not enabled, transient=True
-    )
-
-
 def build_float_baseline(cfg: Any, *, dtype: str = "fp32", seed: Optional[int] = None) -> onnx.ModelProto:
     """The float twin of ``cfg``'s UNet (seeded random weights) as ONNX, written like ``unet.onnx``.
 
@@ -125,7 +119,7 @@ def export(
     dtype: str = "fp32",
     opset: int = DEFAULT_OPSET,
     force: bool = False,
-    progress: bool = True,
+    progress: Union[bool, Progress, None] = True,
     console: Any = None,
     print_report: bool = True,
     with_vq: Optional[bool] = None,
@@ -143,28 +137,36 @@ def export(
     """
     from ..models import load_autoencoder, load_config, load_unet
     from ..models.inventory import float_param_count
-    from ..models.checkpoint import read_state_dict
+    from ..models.checkpoint import check_checkpoint_file, read_state_dict
 
     if dtype not in DTYPES:
         raise ConfigError(f"dtype must be one of {sorted(DTYPES)}, got {dtype!r}")
     if opset != DEFAULT_OPSET:
         raise ConfigError(f"only opset {DEFAULT_OPSET} is supported (the graphs use opset-{DEFAULT_OPSET} op forms), got {opset}")
     out_dir = Path(out_dir)
-    if out_dir.exists() and not force:
-        raise ArtifactError(f"{out_dir}: output directory already exists; pass --force to replace it")
-    if out_dir.exists() and not out_dir.is_dir():
-        raise ArtifactError(f"{out_dir}: exists and is not a directory")
+    check_output(out_dir, option="--out", kind="dir", force=force)
+    for path in (ckpt, vq_ckpt):
+        if path is not None:
+            check_checkpoint_file(path)  # named now, before anything is written
+    prog = Progress.of(progress)
     cfg = load_config(config)
     if cfg.unet.binary is None:
         raise ConfigError(f"{cfg.source}: describes a full-precision UNet; export needs a binarized (BiMaCoSR) config")
+    if vq_ckpt is not None and with_vq is False:
+        raise ConfigError(f"--vq-ckpt {vq_ckpt} is not used with --no-vq; drop one of them")
+    if vq_ckpt is not None and cfg.autoencoder is None:
+        raise ConfigError(f"{cfg.source}: a VQ checkpoint was given but the config has no 'autoencoder' section")
     from rich.console import Console
 
     console = console or Console(stderr=True)
-    out_dir.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.tmp-", dir=out_dir.parent))
+    # assembled beside its destination, with the user's normal permissions (not mkdtemp's 0700)
+    tmp = make_temp_dir(out_dir.parent, prefix=f".{out_dir.name}.tmp-")
     try:
-        with _progress(progress, console) as prog:
-            task = prog.add_task("loading the UNet" + (" (random init)" if ckpt is None else ""), total=None)
+        want_vq = (vq_ckpt is not None or ckpt is None) if with_vq is None else with_vq
+        want_vq = want_vq and cfg.autoencoder is not None
+        steps = 4 + int(float_baseline) + int(want_vq)
+        with prog.task("exporting", total=steps, unit="steps") as task:
+            task.note = "loading the UNet" + (" (random init)" if ckpt is None else "")
             if ckpt is None:
                 model = load_unet(cfg, None, seed=seed)
                 state = state_to_numpy(model.state_dict())
@@ -173,12 +175,13 @@ def export(
                 # the raw checkpoint (unwrapped, prefix stripped): the graph writer consumes every
                 # key itself, so dead entries are counted and unknown ones are refused
                 state = state_to_numpy(read_state_dict(ckpt))
-            prog.update(task, description="writing unet.onnx (packing sign bits)")
+            task.advance(note="writing unet.onnx (packing sign bits)")
             graph = build_unet_graph(cfg.unet, state, float_dtype=DTYPES[dtype], source=str(ckpt or "random init"))
             del state
             one = cfg.diffusion.one_step() if cfg.diffusion is not None else None
             extra = {
                 **_unet_io_metadata(cfg),
+                **weights_metadata(ckpt, seed),
                 # tensor names around every binary layer: the parity checker cuts single-layer graphs here
                 "binary_layers": json.dumps([[r.name, r.input_name, r.output_name, r.x_rank] for r in graph.layers]),
             }
@@ -188,21 +191,20 @@ def export(
             files: Dict[str, Path] = {}
             _save(graph.model, tmp / UNET_FILE)
             files[UNET_FILE] = tmp / UNET_FILE
-            prog.update(task, description="writing unet_portable.onnx (standard-op expansion)")
+            task.advance(note="writing unet_portable.onnx (standard-op expansion)")
             portable = to_portable(graph.model)
             _save(portable, tmp / PORTABLE_FILE)
             files[PORTABLE_FILE] = tmp / PORTABLE_FILE
             models = {UNET_FILE: graph.model, PORTABLE_FILE: portable}
             if float_baseline:
-                prog.update(task, description="writing unet_float.onnx (the float baseline)")
+                task.advance(note="writing unet_float.onnx (the float baseline)")
                 fmodel = build_float_baseline(cfg, dtype=dtype, seed=seed)
                 _save(fmodel, tmp / FLOAT_FILE)
                 files[FLOAT_FILE] = tmp / FLOAT_FILE
                 models[FLOAT_FILE] = fmodel
             vq_dtype = None
-            want_vq = (vq_ckpt is not None or ckpt is None) if with_vq is None else with_vq
-            if cfg.autoencoder is not None and want_vq:
-                prog.update(task, description="writing the VQ encoder and decoder")
+            if want_vq:
+                task.advance(note="writing the VQ encoder and decoder")
                 vq = load_autoencoder(cfg.autoencoder, vq_ckpt, seed=seed)
                 vq_dtype = "fp16" if cfg.autoencoder.use_fp16 else "fp32"
                 enc, dec = build_vq_graphs(
@@ -210,13 +212,12 @@ def export(
                     source=str(vq_ckpt or "random init"),
                 )
                 for name, m in ((VQ_ENCODER_FILE, enc), (VQ_DECODER_FILE, dec)):
-                    _set_metadata(m, _metadata(cfg, vq_dtype, "vq", {"downscale": str(cfg.autoencoder.downscale)}))
+                    _set_metadata(m, _metadata(cfg, vq_dtype, "vq", {"downscale": str(cfg.autoencoder.downscale),
+                                                                     **weights_metadata(vq_ckpt, seed)}))
                     _save(m, tmp / name)
                     files[name] = tmp / name
                     models[name] = m
-            elif vq_ckpt is not None:
-                raise ConfigError(f"{cfg.source}: a VQ checkpoint was given but the config has no 'autoencoder' section")
-            prog.update(task, description="writing the report")
+            task.advance(note="writing the report")
             report = build_report(
                 config_path=Path(cfg.source),
                 inputs={"config": Path(cfg.source), "unet_checkpoint": Path(ckpt) if ckpt else None,
@@ -231,6 +232,7 @@ def export(
                 extra={"random_init": ckpt is None, "seed": seed if ckpt is None else None, "vq_dtype": vq_dtype},
             )
             (tmp / REPORT_FILE).write_text(json.dumps(report, indent=1))
+            task.advance(note="done")
         # publish: move any old directory aside first, so the swap leaves one complete directory
         backup = None
         if out_dir.exists():

@@ -271,7 +271,8 @@ class BackendExplanation:
             return f"not explained: {len(self.flips)} fragile flips leave a max abs error of {self.max_abs_error:.2e}"
         if not self.flips:
             return f"match (max abs error {self.max_abs_error:.1e})"
-        return f"explained: {len(self.flips)} flips, margin <= {max(f[2] for f in self.flips):.1e}"
+        n = len(self.flips)
+        return f"explained: {n} flip{'' if n == 1 else 's'}, margin <= {max(f[2] for f in self.flips):.1e}"
 
 
 def explain_backend_divergence(

@@ -23,10 +23,27 @@ def make_pipeline(
     vq_dtype: Optional[torch.dtype] = None,
     pad_multiple: int = 64,
 ) -> OneStepSR:
-    """The one-step SR pipeline with the UNet and autoencoder of backend ``spec.name``."""
+    """The one-step SR pipeline with the UNet and autoencoder of backend ``spec.name``.
+
+    The pipeline's ``run_info`` says what runs: the backend, the UNet's weights, which
+    autoencoder (ONNX graphs or torch, and its weights), and whether either uses random
+    weights (outputs are then noise).
+    """
     backend = make_backend(spec)
-    return OneStepSR(backend.unet(), backend.autoencoder(vq_ckpt), spec.config, vq_dtype=vq_dtype,
-                     pad_multiple=pad_multiple)
+    unet = backend.unet()
+    vq = backend.autoencoder(vq_ckpt)
+    pipe = OneStepSR(unet, vq, spec.config, vq_dtype=vq_dtype, pad_multiple=pad_multiple)
+    vq_meta = getattr(vq, "metadata", None)
+    vq_random = vq_meta.get("weights") == "random_init" if isinstance(vq_meta, dict) else vq_ckpt is None
+    pipe.run_info = {
+        "backend": spec.name,
+        "config": str(spec.config.source),
+        "unet": backend.describe_unet(),
+        "unet_random_weights": backend.random_weights(),
+        "autoencoder": backend.describe_autoencoder(vq, vq_ckpt),
+        "autoencoder_random_weights": bool(vq_random),
+    }
+    return pipe
 
 
 def reference_pipeline(

@@ -21,7 +21,7 @@ the order in which images are processed.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Iterator, List, Optional, Tuple
+from typing import Callable, Iterator, List, Optional, Tuple
 
 import numpy as np
 import torch
@@ -144,18 +144,25 @@ def super_resolve(
     seed: int = 0,
     tile: int = 256,
     stride: Optional[int] = None,
+    on_tile: Optional[Callable[[int, int], None]] = None,
 ) -> Tensor:
     """SR of an LR image [N, 3, H, W] in [0, 1] -> [N, 3, sf*H, sf*W] in [0, 1], tiling when needed.
 
     Without tiling (H, W <= tile) this is ``pipeline(lr01, generator=tile_generator(seed, 0))``.
+    ``on_tile(done, total)`` is called after each tile (progress of one large image).
     """
     if lr01.dim() != 4 or lr01.shape[1] != 3:
         raise InputError(f"expected an LR image tensor [N, 3, H, W], got shape {tuple(lr01.shape)}")
     n, _, h, w = lr01.shape
     tiles = plan_tiles(h, w, tile, stride)
     if len(tiles) == 1:
-        return pipeline(lr01, generator=tile_generator(seed, 0))
+        out = pipeline(lr01, generator=tile_generator(seed, 0))
+        if on_tile is not None:
+            on_tile(1, 1)
+        return out
     canvas = TileCanvas(n, h, w, pipeline.sf, device=pipeline.device)
     for t, crop in iter_tiles(lr01, tiles):
         canvas.add(t, pipeline.sample_signed(crop, generator=tile_generator(seed, t.index)))
+        if on_tile is not None:
+            on_tile(t.index + 1, len(tiles))
     return canvas.result()

@@ -8,12 +8,13 @@ goes to the server: uint8 LR [1, H, W, 3] and the seed to ``bimacosr_tiled``, ui
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, Optional, Tuple, Union
+from typing import Any, Callable, Dict, Optional, Tuple, Union
 
 import numpy as np
 
 from ..errors import BackendUnavailable, InputError, ServerError
-from ..pipeline.infer import InferReport, check_inputs, infer_files
+from ..pipeline.infer import InferItem, InferReport, check_inputs, infer_files
+from ..progress import Progress
 from . import names as N
 
 PathLike = Union[str, Path]
@@ -93,14 +94,19 @@ class RemoteSR:
             pass
 
 
-def infer_server(url: str, inputs: PathLike, output: PathLike, *, seed: int = 0, progress: bool = True,
-                 model: str = N.TILED, timeout_s: float = 3600.0) -> InferReport:
+def infer_server(url: str, inputs: PathLike, output: PathLike, *, seed: int = 0,
+                 progress: Union[bool, Progress, None] = True, force: bool = False,
+                 on_item: Optional[Callable[[InferItem], None]] = None, report_path: Optional[PathLike] = None,
+                 run_info: Optional[Dict[str, Any]] = None, model: str = N.TILED,
+                 timeout_s: float = 3600.0) -> InferReport:
     """Super-resolve ``inputs`` (a file or folder) into ``output`` through the server at ``url``:
-    the same inputs, outputs and checks as local :func:`~bimaco_deploy.pipeline.infer.infer`."""
-    check_inputs(inputs, output)  # bad inputs fail before the server is contacted
+    the same inputs, outputs, checks, progress and report as local :func:`~bimaco_deploy.pipeline.infer.infer`
+    (the server tiles large images itself)."""
+    check_inputs(inputs, output, force=force)  # bad inputs fail before the server is contacted
     remote = RemoteSR(url, model=model, timeout_s=timeout_s)
     try:
-        return infer_files(lambda img: remote(img, seed), inputs, output, progress=progress)
+        return infer_files(lambda img, _prog, _name: (remote(img, seed), 1), inputs, output, progress=progress,
+                           force=force, on_item=on_item, report_path=report_path, run_info=run_info)
     finally:
         remote.close()
 

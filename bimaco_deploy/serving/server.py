@@ -191,7 +191,7 @@ class TritonServer:
         env = self.environment(dist)
         cmd = self.command(self.backend_dir or self._backend_dir(dist), dist)
         self.log_path.parent.mkdir(parents=True, exist_ok=True)
-        self._log = open(self.log_path, "ab")
+        self._log = open(self.log_path, "wb")
         self.proc = subprocess.Popen(cmd, stdout=self._log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
                                      env=env, start_new_session=True)
         try:

@@ -10,7 +10,7 @@ import threading
 import numpy as np
 import pytest
 from PIL import Image
-from serving_helpers import MAX_SIZE, TILE, free_ports, need_triton
+from serving_helpers import MAX_SIZE, TILE, free_ports, need_triton, python_repo, triton_server  # noqa: F401  (fixtures)
 from typer.testing import CliRunner
 
 from bimaco_deploy.cli import app

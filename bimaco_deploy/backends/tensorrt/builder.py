@@ -29,6 +29,7 @@ from typing import Any, Dict, List, Optional, Sequence, Tuple, Union
 from ...errors import ArtifactError, BackendUnavailable, BimacoError, ConfigError, InputError
 from ...export.artifacts import FLOAT_FILE, UNET_FILE
 from ...plugins import contract
+from ...reports import check_output, write_bytes_atomic
 
 PathLike = Union[str, Path]
 HW = Tuple[int, int]
@@ -313,7 +314,7 @@ def load_plugin_library(trt: Any, registry: Any, explicit: Optional[PathLike] = 
         raise BackendUnavailable(
             f"the TensorRT plugin library was not found ({where}). Build it with "
             "`cmake -S plugins_cpp -B build/trt -DCMAKE_BUILD_TYPE=Release && cmake --build build/trt -j`, "
-            "or pass --plugin-lib / set $BIMACO_TRT_PLUGIN."
+            "or pass --plugin / set $BIMACO_TRT_PLUGIN."
         )
     have = [contract.CONV_OP, contract.LINEAR_OP]
     already = all(
@@ -351,20 +352,8 @@ def _parser_errors(parser: Any) -> List[str]:
 
 
 def _atomic_write(path: Path, data: bytes) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=str(path.parent))
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except OSError:
-            pass
-        raise
+    # one atomic writer for every output: temp file, fsync, the user's permissions, rename
+    write_bytes_atomic(path, data)
 
 
 def build_engine(
@@ -381,6 +370,7 @@ def build_engine(
     workspace_mib: Optional[int] = None,
     onnx_name: str = UNET_FILE,
     float_baseline: Optional[bool] = None,
+    force: bool = False,
 ) -> Dict[str, Any]:
     """Build ``out`` (a serialized TensorRT engine) from ``<artifacts_dir>/unet.onnx``.
 
@@ -390,10 +380,14 @@ def build_engine(
     ``unet_float.onnx`` (``export --float-baseline``; ``float_baseline`` None: if present,
     True: required, False: never), its engine is built the same way (same profile,
     precision and timing cache) beside ``out`` as ``<stem>_float<suffix>``: the baseline
-    ``bench --backend tensorrt`` runs. Returns a report dict.
+    ``bench --backend tensorrt`` runs. Every engine path follows the output rule
+    (:data:`~bimaco_deploy.reports.OUTPUT_RULE`: an existing engine is replaced only with ``force``),
+    checked before anything is built. Returns a report dict.
     """
     artifacts = Path(artifacts_dir)
     jobs = engine_jobs(artifacts, out, onnx_name=onnx_name, float_baseline=float_baseline)
+    for _, dst, _ in jobs:
+        check_output(dst, option="--out", kind="file", force=force)
     plans = [(src, dst, _plan_build(src, artifacts, min_hw, opt_hw, max_hw, batch, custom)) for src, dst, custom in jobs]
     reports = []
     for src, dst, (profile, onnx_dtype, multiple, custom) in plans:

@@ -12,14 +12,16 @@ Where TensorRT, cuda-python or a GPU is missing, construction raises
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import tempfile
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Tuple, Union
 
 import numpy as np
 
 from ...errors import ArtifactError, BackendUnavailable, InputError
-from ..base import Backend, UNetFn, register
+from ...export.artifacts import UNET_FILE
+from ..base import Backend, ParityRunner, UNetFn, register
 from . import builder as trt_builder
 
 PathLike = Union[str, Path]
@@ -197,6 +199,8 @@ class TensorRTBackend(Backend):
 
     name = "tensorrt"
     description = "a TensorRT engine with the bimaco plugin (needs --engine)"
+    uses = frozenset({"engine", "plugin_lib", "artifacts"})
+    unused_because = {**Backend.unused_because, "ckpt": "the UNet comes from --engine: its weights were fixed at export"}
 
     def _engine(self) -> Path:
         if self.spec.engine is None:
@@ -221,5 +225,119 @@ class TensorRTBackend(Backend):
         """The exported VQ graphs (ONNX Runtime) when the artifacts hold them, else the torch reference."""
         from ..onnxruntime import OnnxRuntimeBackend
 
-        return OnnxRuntimeBackend(self.spec).autoencoder(vq_ckpt)
+        return OnnxRuntimeBackend(replace(self.spec, engine=None, plugin_lib=None)).autoencoder(vq_ckpt)
+
+    def describe_unet(self) -> str:
+        return f"engine {self._engine()}"
+
+    def random_weights(self) -> bool:
+        return False  # an engine does not say; its export report does
+
+    def parity_runner(self) -> ParityRunner:
+        if self.spec.engine is not None:
+            raise InputError(f"--engine {self.spec.engine} is not used by check --backend tensorrt (it builds its "
+                             "own engines from --artifacts unet.onnx: one per binary layer, and one that exposes "
+                             "every layer's input); drop it")
+        if self.spec.artifacts is None:
+            raise ArtifactError("check --backend tensorrt needs --artifacts DIR (holding unet.onnx)")
+        return TrtParityRunner(self.spec.artifacts, plugin_lib=self.spec.plugin_lib)
+
+
+def layer_graph(model: Any, row: Dict[str, Any], shape: Tuple[int, ...], float_dtype: np.dtype) -> Any:
+    """One binary layer of ``model`` (an exported unet.onnx) as a graph of its own, its input given the
+    concrete ``shape`` (TensorRT needs every input's rank): exactly the nodes and initializers the
+    artifact holds between the layer's input and output tensors."""
+    import onnx
+    from onnx import helper
+
+    from ..onnxruntime import cut_subgraph
+
+    sub = cut_subgraph(model, row["input"], row["output"])
+    elem = onnx.TensorProto.FLOAT16 if np.dtype(float_dtype) == np.float16 else onnx.TensorProto.FLOAT
+    sub.graph.input[0].CopyFrom(helper.make_tensor_value_info(row["input"], elem, list(shape)))
+    return sub
+
+
+def exposed_unet_graph(model: Any, table: List[Dict[str, Any]], float_dtype: np.dtype) -> Any:
+    """``model`` with the input tensor of every binary layer marked as a graph output too."""
+    import onnx
+
+    m = onnx.ModelProto()
+    m.CopyFrom(model)
+    have = {o.name for o in m.graph.output}
+    elem = onnx.TensorProto.FLOAT16 if np.dtype(float_dtype) == np.float16 else onnx.TensorProto.FLOAT
+    for row in table:
+        if row["input"] not in have:
+            m.graph.output.append(onnx.helper.make_tensor_value_info(row["input"], elem, None))
+            have.add(row["input"])
+    return m
+
+
+class TrtParityRunner(ParityRunner):
+    """TensorRT for ``check``, on engines built from the export's ``unet.onnx`` (the bimaco plugin):
+    level 1 runs each binary layer as an engine of its own, cut out of the graph exactly as the
+    artifact holds it; levels 2 and 3 run the whole UNet with every binary layer's input marked
+    as an output (so flips can be found). Engines are built for the shapes they are fed (one
+    profile each) and kept for the run in a temporary folder."""
+
+    def __init__(self, artifacts: PathLike, *, plugin_lib: Optional[PathLike] = None):
+        import onnx
+
+        from ..onnxruntime import binary_layer_table
+
+        trt = trt_builder.import_tensorrt()  # fails here, naming what to install, on machines without it
+        import_cudart()
+        path = Path(artifacts)
+        path = path / UNET_FILE if path.is_dir() else path
+        if not path.is_file():
+            raise ArtifactError(f"{path}: not found (run `bimaco-deploy export` first)")
+        self.path = path
+        self.plugin_lib = plugin_lib
+        self._model = onnx.load(str(path))
+        self.metadata = {p.key: p.value for p in self._model.metadata_props}
+        if self.metadata.get("graph_form") not in (None, "custom"):
+            raise ArtifactError(f"{path}: holds no bimaco nodes; TensorRT checks run on unet.onnx")
+        self.source = str(path)
+        self.table = binary_layer_table(self.metadata)
+        self.layer_names = [row["name"] for row in self.table]
+        self.layer_ranks = {row["name"]: int(row["rank"]) for row in self.table}
+        self.float_dtype = np.dtype(self.metadata.get("float_dtype", "float32"))
+        self.description = f"tensorrt {getattr(trt, '__version__', '?')}: engines built from {path}"
+        self._tmp = tempfile.TemporaryDirectory(prefix="bimaco-trt-check-")
+        self._engines: Dict[Any, TrtUNet] = {}
+
+    def _engine(self, key: Any, model: Any, shapes: Dict[str, Tuple[int, ...]]) -> TrtUNet:
+        import onnx
+
+        if key not in self._engines:
+            base = Path(self._tmp.name) / f"g{len(self._engines)}"
+            onnx.save(model, str(base.with_suffix(".onnx")))
+            profile = {n: trt_builder.ShapeRange(tuple(s), tuple(s), tuple(s)) for n, s in shapes.items()}
+            trt_builder.build_from_onnx(base.with_suffix(".onnx"), base.with_suffix(".plan"), profile,
+                                        onnx_dtype=str(self.float_dtype), plugin_lib=self.plugin_lib)
+            self._engines[key] = TrtUNet(base.with_suffix(".plan"), plugin_lib=self.plugin_lib)
+        return self._engines[key]
+
+    def run_layer(self, name: str, x: np.ndarray) -> np.ndarray:
+        row = next((r for r in self.table if r["name"] == name), None)
+        if row is None:
+            raise ArtifactError(f"layer '{name}' is not in the artifact's binary layer table")
+        sub = layer_graph(self._model, row, x.shape, self.float_dtype)
+        engine = self._engine(("layer", name, x.shape), sub, {row["input"]: x.shape})
+        return engine.run({row["input"]: x.astype(self.float_dtype)})[row["output"]]
+
+    def run_unet(self, x: np.ndarray, t: np.ndarray, lq: np.ndarray) -> Tuple[np.ndarray, Dict[str, np.ndarray]]:
+        key = ("unet", x.shape, t.shape, lq.shape)
+        if key not in self._engines:
+            model = exposed_unet_graph(self._model, self.table, self.float_dtype)
+            self._engine(key, model, {"x": x.shape, "timesteps": t.shape, "lq": lq.shape})
+        outs = self._engines[key].run({"x": x, "timesteps": t, "lq": lq})
+        return outs["out"].astype(np.float32), {row["name"]: outs[row["input"]] for row in self.table}
+
+    def close(self) -> None:
+        """Free the engines and remove their folder."""
+        for e in self._engines.values():
+            e.close()
+        self._engines.clear()
+        self._tmp.cleanup()
 

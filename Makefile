@@ -6,7 +6,7 @@ PIP := $(PYTHON) -m pip
 TORCH_SPEC ?= torch==2.13.0
 STAMP := build/.installed
 
-.PHONY: install build test demo bench clean
+.PHONY: install system-deps build test demo bench clean
 
 install: $(STAMP)
 
@@ -14,6 +14,11 @@ $(STAMP): pyproject.toml
 	$(PIP) install -q "$(TORCH_SPEC)"
 	$(PIP) install -q -e ".[dev,calib]"
 	@mkdir -p build && touch $(STAMP)
+
+# System tools for the CPU tests (host and AArch64 cross g++, qemu-user-static), from apt
+# where missing, as root; .ci/run runs this before `make test`. Without them the NEON test skips.
+system-deps:
+	.ci/install-cpu-deps
 
 build: install
 	$(PYTHON) -m bimaco_deploy.plugins.native build

@@ -15,6 +15,8 @@ Ground truth: ``bimaco_deploy.plugins.contract.binary_conv2d_reference`` /
 
 from __future__ import annotations
 
+import os
+
 import numpy as np
 import pytest
 import torch
@@ -23,11 +25,30 @@ from hypothesis import strategies as st
 
 from bimaco_deploy.plugins import contract, torch_ops
 
-pytestmark = pytest.mark.skipif(
-    not torch_ops.ops_available(),
-    reason=f"native bimaco ops not built: {torch_ops.unavailable_reason()} "
-    "(run `python -m bimaco_deploy.plugins.native build`)",
+# Set by .ci/run once .ci/install-cpu-deps has provided the host and AArch64 cross compilers
+# and qemu: every CPU kernel is then expected to run, and a test that would skip for lack of a
+# tool (or of the built native ops) fails instead, so a broken install cannot pass as a skip.
+REQUIRE_TOOLCHAIN = os.environ.get("BIMACO_REQUIRE_CPU_TOOLCHAIN") == "1"
+
+
+def _missing(reason: str) -> None:
+    """Skip for lack of a tool, or fail when CI promised it (BIMACO_REQUIRE_CPU_TOOLCHAIN=1)."""
+    if REQUIRE_TOOLCHAIN:
+        pytest.fail(f"{reason}; BIMACO_REQUIRE_CPU_TOOLCHAIN=1 expects it (.ci/install-cpu-deps)", pytrace=False)
+    pytest.skip(reason)
+
+
+_NOT_BUILT = (
+    f"native bimaco ops not built: {torch_ops.unavailable_reason()} "
+    "(run `python -m bimaco_deploy.plugins.native build`)"
 )
+# Under BIMACO_REQUIRE_CPU_TOOLCHAIN=1 nothing is skipped: test_native_ops_are_available fails.
+pytestmark = pytest.mark.skipif(not torch_ops.ops_available() and not REQUIRE_TOOLCHAIN, reason=_NOT_BUILT)
+
+
+def test_native_ops_are_available():
+    if not torch_ops.ops_available():
+        _missing(_NOT_BUILT)
 
 CHANNELS = [1, 5, 31, 32, 33, 63, 64, 65, 100, 130]
 ISAS = list(torch_ops.cpu_available_isas()) if torch_ops.ops_available() else []
@@ -336,7 +357,7 @@ def test_standalone_selftest_passes_on_this_cpu(tmp_path):
 
     cxx = shutil.which("g++") or shutil.which("c++")
     if cxx is None:
-        pytest.skip("no C++ compiler on PATH")
+        _missing("no C++ compiler on PATH")
     exe = tmp_path / "selftest"
     _compile_selftest(cxx, exe)
     proc = subprocess.run([str(exe)], capture_output=True, text=True, timeout=300)
@@ -352,8 +373,8 @@ def test_neon_kernel_passes_selftest_under_qemu(tmp_path):
 
     cxx, qemu = shutil.which("aarch64-linux-gnu-g++"), shutil.which("qemu-aarch64-static")
     if cxx is None or qemu is None:
-        pytest.skip("needs aarch64-linux-gnu-g++ and qemu-aarch64-static "
-                    "(apt-get install g++-aarch64-linux-gnu qemu-user-static)")
+        _missing("needs aarch64-linux-gnu-g++ and qemu-aarch64-static "
+                 "(`make system-deps`, or apt-get install g++-aarch64-linux-gnu qemu-user-static)")
     exe = tmp_path / "selftest_arm"
     _compile_selftest(cxx, exe, ["-static"])
     proc = subprocess.run([qemu, str(exe)], capture_output=True, text=True, timeout=600)

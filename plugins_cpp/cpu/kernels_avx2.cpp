@@ -3,20 +3,16 @@
 // (vpshufb) method with byte counters flushed to 32-bit every 31 words.
 // Also the AVX2 sign packing (8 pixels per vector, compare -> bit or).
 #if defined(__x86_64__) || defined(_M_X64)
-#if defined(__GNUC__) && !defined(__clang__)
-#pragma GCC target("avx2,fma,popcnt")
-#endif
+// Shared headers first, compiled for baseline x86-64 (see BIMACO_TARGET_BEGIN).
 #include <immintrin.h>
 
 #include <algorithm>
 #include <cstring>
 
 #include "kernel_common.h"
-#include "side_impl.h"
 
-#if defined(__clang__)
-#pragma clang attribute push(__attribute__((target("avx2,fma,popcnt"))), apply_to = function)
-#endif
+BIMACO_TARGET_BEGIN("avx2,fma,popcnt")
+#include "side_impl.h"  // its own anonymous namespace: this file's copy, built for AVX2
 
 namespace bimaco {
 namespace cpu {
@@ -256,7 +252,5 @@ bool pack_row_avx2(const float* x, int c, int64_t hw, int w, int words, uint32_t
 }  // namespace cpu
 }  // namespace bimaco
 
-#if defined(__clang__)
-#pragma clang attribute pop
-#endif
+BIMACO_TARGET_END
 #endif  // x86-64

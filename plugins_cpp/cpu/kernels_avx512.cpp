@@ -3,23 +3,17 @@
 // byte-counter flushing. Built with target attributes and only run when CPUID says the
 // CPU has avx512f + avx512vpopcntdq (the dispatcher checks).
 #if defined(__x86_64__) || defined(_M_X64)
-#if defined(__GNUC__) && !defined(__clang__)
-#pragma GCC target("avx512f,avx512vpopcntdq,avx2,fma,popcnt")
-#endif
-#include <immintrin.h>
-
-#include "kernel_common.h"
-
 // GCC 12's avx512 intrinsic headers trip -Wmaybe-uninitialized on their own
 // `__Y = __Y` idiom (a known false positive); silence it for this file only.
 #if defined(__GNUC__) && !defined(__clang__)
 #pragma GCC diagnostic ignored "-Wmaybe-uninitialized"
 #endif
+// Shared headers first, compiled for baseline x86-64 (see BIMACO_TARGET_BEGIN).
+#include <immintrin.h>
 
-#if defined(__clang__)
-#pragma clang attribute push(__attribute__((target("avx512f,avx512vpopcntdq,avx2,fma,popcnt"))), \
-                             apply_to = function)
-#endif
+#include "kernel_common.h"
+
+BIMACO_TARGET_BEGIN("avx512f,avx512vpopcntdq,avx2,fma,popcnt")
 
 namespace bimaco {
 namespace cpu {
@@ -116,7 +110,5 @@ void gemm_avx512(const Gemm& g, const Tile& t) {
 }  // namespace cpu
 }  // namespace bimaco
 
-#if defined(__clang__)
-#pragma clang attribute pop
-#endif
+BIMACO_TARGET_END
 #endif  // x86-64

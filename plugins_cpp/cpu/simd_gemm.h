@@ -132,16 +132,15 @@ inline void run_pixels(const Gemm& g, const Tile& t, int ow, int ob, const uint3
       return;
     }
   }
-  const bool direct = g.y_o_stride == 1 && full_block;  // channel-last output
+  const int64_t p0 = int64_t(t.oh) * g.wo + ow;
+  if (g.y_o_stride == 1 && full_block) {  // channel-last output: whole vectors
+    for (int i = 0; i < P; ++i) V::fstore(g.y_at(t.n, p0 + i, ob * L), out[i]);
+    return;
+  }
   for (int i = 0; i < P; ++i) {
-    const int64_t p = int64_t(t.oh) * g.wo + ow + i;
-    if (direct) {
-      V::fstore(g.y_at(t.n, p, ob * L), out[i]);
-    } else {
-      alignas(64) float vals[L];
-      V::fstore(vals, out[i]);
-      store_block(g, t.n, p, ob, vals);
-    }
+    alignas(64) float vals[L];
+    V::fstore(vals, out[i]);
+    store_block(g, t.n, p0 + i, ob, vals);
   }
 }
 

@@ -31,7 +31,7 @@ struct Avx512 {
   static constexpr int kPixels = 4, kPixelsMasked = 4;
   static constexpr int kFlushWords = 0;  // native 32-bit popcount per lane
   static constexpr bool kFixedWords = false;
-  static constexpr int kTransposedStore = 0;
+  static constexpr int kTransposedStore = 4;
   using U = __m512i;
   using F = __m512;
   using Count = __m512i;
@@ -55,6 +55,22 @@ struct Avx512 {
   static F fload(const float* p) { return _mm512_loadu_ps(p); }
   static void fstore(float* p, F v) { _mm512_storeu_ps(p, v); }
   static F madd(F a, F b, F c) { return _mm512_fmadd_ps(a, b, c); }
+
+  // 4 pixels x 16 channels, transposed within each 128-bit lane so that each channel row
+  // of a planar output gets one 4-float store instead of 4 scalar ones.
+  static void store_transposed(float* dst, int64_t stride, const F* out) {
+    const __m512 t0 = _mm512_unpacklo_ps(out[0], out[1]), t1 = _mm512_unpackhi_ps(out[0], out[1]);
+    const __m512 t2 = _mm512_unpacklo_ps(out[2], out[3]), t3 = _mm512_unpackhi_ps(out[2], out[3]);
+    // u[j], 128-bit lane k: the 4 pixels of channel 4k + j
+    const __m512 u[4] = {_mm512_shuffle_ps(t0, t2, 0x44), _mm512_shuffle_ps(t0, t2, 0xEE),
+                         _mm512_shuffle_ps(t1, t3, 0x44), _mm512_shuffle_ps(t1, t3, 0xEE)};
+    for (int j = 0; j < 4; ++j) {
+      _mm_storeu_ps(dst + j * stride, _mm512_castps512_ps128(u[j]));
+      _mm_storeu_ps(dst + (4 + j) * stride, _mm512_extractf32x4_ps(u[j], 1));
+      _mm_storeu_ps(dst + (8 + j) * stride, _mm512_extractf32x4_ps(u[j], 2));
+      _mm_storeu_ps(dst + (12 + j) * stride, _mm512_extractf32x4_ps(u[j], 3));
+    }
+  }
 };
 
 }  // namespace

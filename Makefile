@@ -10,7 +10,7 @@ TORCH_SPEC ?= torch==2.13.0
 TORCH_INDEX_URL ?=
 STAMP := build/.installed
 
-.PHONY: install build test demo bench clean
+.PHONY: install system-deps build test demo bench clean
 
 install: $(STAMP)
 
@@ -18,6 +18,11 @@ $(STAMP): pyproject.toml
 	$(PIP) install -q "$(TORCH_SPEC)" $(if $(TORCH_INDEX_URL),--index-url "$(TORCH_INDEX_URL)")
 	$(PIP) install -q -e ".[dev,calib,serve]"
 	@mkdir -p build && touch $(STAMP)
+
+# System tools for the CPU tests (host and AArch64 cross g++, qemu-user-static), from apt
+# where missing, as root; .ci/run runs this before `make test`. Without them the NEON test skips.
+system-deps:
+	.ci/install-cpu-deps
 
 build: install
 	$(PYTHON) -m bimaco_deploy.plugins.native build

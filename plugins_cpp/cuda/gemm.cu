@@ -47,7 +47,10 @@ struct GemmArgs {
   int force_popcount;
 };
 
-struct Smem {
+// alignas(16): the staging stores write a[][] as uint4. Without it the struct is only
+// 8-byte aligned (its widest member is long long) and those stores are correct only
+// while nothing else in the kernel's static shared memory shifts its offset.
+struct alignas(16) Smem {
   uint32_t a[kBM][kStride];  // X words of the tile's pixels for the current tap and chunk
   uint32_t b[kBN][kStride];  // W words of the tile's channels for the current tap and chunk
   float s[kBM];              // scale of each row's input pixel for the current tap
@@ -55,6 +58,7 @@ struct Smem {
   int wpop[kBN];             // popcount of each channel's sign bits for the current tap
   long long rowpix[kBM];     // padded-grid pixel of tap (0, 0) for each row, -1 past M
 };
+static_assert(alignof(Smem) >= 16 && kStride % 4 == 0, "uint4 stores into Smem::a need 16-byte rows and base");
 
 // Output position of GEMM row m: image n and offset inside the output plane.
 __device__ __forceinline__ void row_position(const Geometry& g, int64_t m, int64_t* n, int64_t* r) {

@@ -100,6 +100,20 @@ def test_gemm_uses_one_bit_tensor_core_mma(compiled: Dict[str, Compiled], arch: 
         assert ".xor.popc" not in ptx, f"sm_{arch} GEMM issues the XOR-popc MMA, absent/deprecated on sm_90"
 
 
+@pytest.mark.parametrize("arch", ARCHS)
+def test_gemm_shared_tile_is_16_byte_aligned(compiled: Dict[str, Compiled], arch: str) -> None:
+    """The GEMM kernel stages its X tile with 16-byte vector stores (st.shared.v4): every static
+    shared array it declares must be 16-byte aligned, not merely placed at offset 0 by luck."""
+    result = compiled["gemm.cu"]
+    assert result.returncode == 0, result.output
+    ptx = "\n".join(p.read_text() for p in result.keep_dir.glob("*.ptx") if re.search(rf"(compute|sm)_{arch}\b", p.name))
+    assert "st.shared.v4" in ptx, "the tile is no longer staged with vector stores: revisit this test"
+    decls = re.findall(r"\.shared \.align (\d+) \.b8 (\S+)\[", ptx)
+    assert decls, "no static shared declarations found in the GEMM PTX"
+    for align, name in decls:
+        assert int(align) >= 16, f"sm_{arch}: shared {name} is only {align}-byte aligned"
+
+
 def test_pack_kernel_has_no_mma(compiled: Dict[str, Compiled]) -> None:
     """Sanity check of the PTX inspection above: the pack kernel holds no MMA at all."""
     ptx = "\n".join(p.read_text() for p in compiled["pack.cu"].keep_dir.glob("*.ptx"))

@@ -8,8 +8,25 @@
 #include <string>
 #include <vector>
 
+#include <atomic>
+#include <cstdlib>
+#include <new>
+
 #include "fields.h"
 #include "shapes.h"
+
+// Every heap allocation of this program goes through here, so a test can assert that a
+// code path allocates nothing (the per-inference path of the plugin must not).
+namespace {
+std::atomic<long> g_allocations{0};
+}
+void* operator new(std::size_t n) {
+  g_allocations.fetch_add(1, std::memory_order_relaxed);
+  if (void* p = std::malloc(n ? n : 1)) return p;
+  throw std::bad_alloc();
+}
+void operator delete(void* p) noexcept { std::free(p); }
+void operator delete(void* p, std::size_t) noexcept { std::free(p); }
 
 using namespace bimaco;
 using namespace bimaco::core;
@@ -79,7 +96,7 @@ OpParams linear_params(int k) {
   return p;
 }
 
-std::vector<TensorInfo> conv_inputs(std::vector<int64_t> x, int o, int k, int c, TensorType xt = TensorType::kFloat32,
+std::vector<TensorInfo> conv_inputs(Dims x, int o, int k, int c, TensorType xt = TensorType::kFloat32,
                                     bool wzero = false) {
   std::vector<TensorInfo> in = {{x, xt, true},
                                 {{o, k, k, num_words(c)}, TensorType::kInt32, true},
@@ -233,13 +250,13 @@ TEST(floor_div_rounds_down_for_negatives) {
 }
 
 TEST(conv_output_dims_keep_dynamic_axes) {
-  std::vector<int64_t> y;
+  Dims y;
   CHECK(output_dims(conv_params(40, 3, 2, 1), conv_inputs({-1, 40, 64, -1}, 24, 3, 40), "", &y).ok);
-  CHECK((y == std::vector<int64_t>{-1, 24, 32, -1}));
+  CHECK((y == Dims{-1, 24, 32, -1}));
 }
 
 TEST(conv_input_too_small_is_an_error) {
-  std::vector<int64_t> y;
+  Dims y;
   Status st = output_dims(conv_params(8, 3, 1, 0), conv_inputs({1, 8, 2, 8}, 8, 3, 8), "down", &y);
   CHECK(!st.ok);
   CHECK_CONTAINS(st.message, "height 2 is too small");
@@ -250,9 +267,9 @@ TEST(linear_output_dims_replace_last_axis) {
                                 {{576, 6}, TensorType::kInt32, true},
                                 {{576}, TensorType::kFloat32, true},
                                 {{576}, TensorType::kFloat32, true}};
-  std::vector<int64_t> y;
+  Dims y;
   CHECK(output_dims(linear_params(192), in, "", &y).ok);
-  CHECK((y == std::vector<int64_t>{-1, 4096, 576}));
+  CHECK((y == Dims{-1, 4096, 576}));
 }
 
 TEST(check_inputs_names_the_bad_input) {
@@ -296,32 +313,33 @@ TEST(check_inputs_names_the_bad_input) {
 }
 
 TEST(format_combinations) {
+  const OpParams p8 = conv_params(8, 3, 1, 1);
   auto in = conv_inputs({1, 8, 8, 8}, 8, 3, 8);
   in.push_back({{1, 8, 8, 8}, TensorType::kFloat32, true});  // Y
-  for (int pos = 0; pos < 5; ++pos) CHECK(supports_combination(pos, in.data(), 4, 1));
+  for (int pos = 0; pos < 5; ++pos) CHECK(supports_combination(p8, pos, in.data(), 4, 1));
   in[4].type = TensorType::kFloat16;  // Y must follow X
-  CHECK(!supports_combination(4, in.data(), 4, 1));
+  CHECK(!supports_combination(p8, 4, in.data(), 4, 1));
   in[0].type = TensorType::kFloat16;
-  CHECK(supports_combination(0, in.data(), 4, 1));
-  CHECK(supports_combination(4, in.data(), 4, 1));
+  CHECK(supports_combination(p8, 0, in.data(), 4, 1));
+  CHECK(supports_combination(p8, 4, in.data(), 4, 1));
   in[0].linear = false;  // e.g. kCHW32
-  CHECK(!supports_combination(0, in.data(), 4, 1));
+  CHECK(!supports_combination(p8, 0, in.data(), 4, 1));
   in[0] = {{1, 8, 8, 8}, TensorType::kOther, true};  // e.g. int8 or bf16
-  CHECK(!supports_combination(0, in.data(), 4, 1));
+  CHECK(!supports_combination(p8, 0, in.data(), 4, 1));
   in[0].type = TensorType::kFloat32;
   in[1].type = TensorType::kFloat32;  // weights stay int32
-  CHECK(!supports_combination(1, in.data(), 4, 1));
+  CHECK(!supports_combination(p8, 1, in.data(), 4, 1));
   in[1].type = TensorType::kInt32;
   in[2].type = TensorType::kFloat16;  // alpha stays float32 even for fp16 X
-  CHECK(!supports_combination(2, in.data(), 4, 1));
+  CHECK(!supports_combination(p8, 2, in.data(), 4, 1));
   // with Wzero: position 4 is an input (int32), position 5 the output
   auto in5 = conv_inputs({1, 8, 8, 8}, 8, 3, 8, TensorType::kFloat32, true);
   in5.push_back({{1, 8, 8, 8}, TensorType::kFloat32, true});
-  CHECK(supports_combination(4, in5.data(), 5, 1));
-  CHECK(supports_combination(5, in5.data(), 5, 1));
+  CHECK(supports_combination(p8, 4, in5.data(), 5, 1));
+  CHECK(supports_combination(p8, 5, in5.data(), 5, 1));
   in5[4].type = TensorType::kFloat32;
-  CHECK(!supports_combination(4, in5.data(), 5, 1));
-  CHECK(!supports_combination(0, in5.data(), 5, 2));  // one output only
+  CHECK(!supports_combination(p8, 4, in5.data(), 5, 1));
+  CHECK(!supports_combination(p8, 0, in5.data(), 5, 2));  // one output only
 }
 
 TEST(plan_conv_launch) {
@@ -360,6 +378,89 @@ TEST(plan_needs_concrete_shapes) {
   Status st = plan_launch(conv_params(8, 1, 1, 0), conv_inputs({-1, 8, 8, 8}, 8, 1, 8), "", &plan);
   CHECK(!st.ok);
   CHECK_CONTAINS(st.message, "concrete shapes");
+}
+
+// ------------------------------------------------------------------ per-call launch (enqueue)
+
+TensorInfo y_like(Dims d, TensorType t) { return {d, t, true}; }
+
+TEST(launch_follows_the_descriptors_of_each_call) {
+  // The builder times fp32 and fp16 kernels of one layer on one plugin object; a plan
+  // made for the first type must never serve the second.
+  const OpParams p = conv_params(40, 3, 1, 1);
+  LaunchCache cache;
+  const LaunchPlan* plan = nullptr;
+  auto in32 = conv_inputs({2, 40, 8, 8}, 24, 3, 40, TensorType::kFloat32);
+  auto in16 = conv_inputs({2, 40, 8, 8}, 24, 3, 40, TensorType::kFloat16);
+  const TensorInfo y32 = y_like({2, 24, 8, 8}, TensorType::kFloat32), y16 = y_like({2, 24, 8, 8}, TensorType::kFloat16);
+  CHECK(cache.plan(p, in32.data(), 4, &y32, "l", &plan).ok);
+  CHECK(plan != nullptr && plan->dtype == DType::kFloat32);
+  CHECK(cache.plan(p, in16.data(), 4, &y16, "l", &plan).ok);
+  CHECK(plan->dtype == DType::kFloat16);
+  CHECK(cache.replans() == 2);
+  CHECK(cache.plan(p, in16.data(), 4, &y16, "l", &plan).ok);  // unchanged: no new plan
+  CHECK(cache.replans() == 2);
+  // a new spatial size re-plans, and the plan carries it
+  auto big = conv_inputs({2, 40, 16, 8}, 24, 3, 40, TensorType::kFloat16);
+  const TensorInfo ybig = y_like({2, 24, 16, 8}, TensorType::kFloat16);
+  CHECK(cache.plan(p, big.data(), 4, &ybig, "l", &plan).ok);
+  CHECK(cache.replans() == 3 && plan->conv.h == 16 && plan->y_dims[2] == 16);
+  // an input count that now includes Wzero re-plans too
+  auto with_zero = conv_inputs({2, 40, 16, 8}, 24, 3, 40, TensorType::kFloat16, true);
+  CHECK(cache.plan(p, with_zero.data(), 5, &ybig, "l", &plan).ok);
+  CHECK(plan->has_wzero && cache.replans() == 4);
+}
+
+TEST(output_descriptor_must_match_the_launch) {
+  const OpParams p = conv_params(40, 3, 1, 1);
+  LaunchCache cache;
+  const LaunchPlan* plan = nullptr;
+  auto in32 = conv_inputs({2, 40, 8, 8}, 24, 3, 40, TensorType::kFloat32);
+  // fp32 X with an fp16 Y buffer: the kernel would write twice the buffer's size
+  const TensorInfo y16 = y_like({2, 24, 8, 8}, TensorType::kFloat16);
+  Status st = cache.plan(p, in32.data(), 4, &y16, "mid", &plan);
+  CHECK(!st.ok);
+  CHECK_CONTAINS(st.message, "output is float16 [2, 24, 8, 8], the launch writes float32 [2, 24, 8, 8]");
+  CHECK_CONTAINS(st.message, "'mid'");
+  const TensorInfo ysmall = y_like({2, 24, 4, 8}, TensorType::kFloat32);
+  CHECK(!cache.plan(p, in32.data(), 4, &ysmall, "mid", &plan).ok);
+  TensorInfo y32 = y_like({2, 24, 8, 8}, TensorType::kFloat32);
+  y32.linear = false;
+  CHECK(!cache.plan(p, in32.data(), 4, &y32, "mid", &plan).ok);
+  // an input that no longer checks out is an error, not a stale plan
+  y32.linear = true;
+  CHECK(cache.plan(p, in32.data(), 4, &y32, "mid", &plan).ok);
+  auto bad = in32;
+  bad[1].type = TensorType::kFloat32;
+  CHECK(!cache.plan(p, bad.data(), 4, &y32, "mid", &plan).ok);
+}
+
+TEST(per_call_planning_does_not_allocate) {
+  const OpParams conv = conv_params(40, 3, 1, 1), lin = linear_params(70);
+  auto in = conv_inputs({2, 40, 8, 8}, 24, 3, 40, TensorType::kFloat16, true);
+  const TensorInfo y = y_like({2, 24, 8, 8}, TensorType::kFloat16);
+  std::vector<TensorInfo> lin_in = {{{2, 3, 70}, TensorType::kFloat32, true},
+                                    {{9, 3}, TensorType::kInt32, true},
+                                    {{9}, TensorType::kFloat32, true},
+                                    {{9}, TensorType::kFloat32, true}};
+  const TensorInfo ylin = y_like({2, 3, 9}, TensorType::kFloat32);
+  const std::string layer = "input_blocks.1.0.in_layers.2";  // longer than any small-string buffer
+  LaunchCache cache, lin_cache;
+  const LaunchPlan* plan = nullptr;
+  const long before = g_allocations.load();
+  const bool first = cache.plan(conv, in.data(), 5, &y, layer, &plan).ok;     // plans from scratch
+  const bool again = cache.plan(conv, in.data(), 5, &y, layer, &plan).ok;     // cached
+  const bool linear = lin_cache.plan(lin, lin_in.data(), 4, &ylin, layer, &plan).ok;
+  const long allocated = g_allocations.load() - before;
+  CHECK(first && again && linear);
+  CHECK(allocated == 0);
+  if (allocated) std::fprintf(stderr, "  %ld heap allocations on the per-call path\n", allocated);
+  // the counter itself works: an error message is built on the heap
+  const long before_err = g_allocations.load();
+  auto bad = in;
+  bad[2].type = TensorType::kInt32;
+  CHECK(!cache.plan(conv, bad.data(), 5, &y, layer, &plan).ok);
+  CHECK(g_allocations.load() > before_err);
 }
 
 void dump_fields() {

@@ -13,6 +13,7 @@
 #include <new>
 
 #include "fields.h"
+#include "registration.h"
 #include "shapes.h"
 
 // Every heap allocation of this program goes through here, so a test can assert that a
@@ -461,6 +462,96 @@ TEST(per_call_planning_does_not_allocate) {
   bad[2].type = TensorType::kInt32;
   CHECK(!cache.plan(conv, bad.data(), 5, &y, layer, &plan).ok);
   CHECK(g_allocations.load() > before_err);
+}
+
+// ------------------------------------------------------------------ static registration bookkeeping
+
+// A registry with TensorRT's documented rules for registerCreator / deregisterCreator:
+// one creator per (name, namespace) (version is the same for all of ours), refusal of a
+// second one, removal by object identity. It stands in for the registry only to
+// observe our bookkeeping; the real one is exercised by tests/tensorrt/test_plugin_loading.py.
+struct NamedCreator {
+  const char* name;
+};
+class RuleRegistry final : public CreatorRegistry {
+ public:
+  struct Entry {
+    const void* creator;
+    std::string key;
+  };
+  std::vector<Entry> entries;
+  int adds = 0, removes = 0;
+  bool add(void* creator, const char* ns) override {
+    ++adds;
+    const std::string key = std::string(ns) + "::" + static_cast<NamedCreator*>(creator)->name;
+    for (const Entry& e : entries)
+      if (e.key == key) return false;
+    entries.push_back({creator, key});
+    return true;
+  }
+  bool remove(const void* creator) override {
+    ++removes;
+    for (size_t i = 0; i < entries.size(); ++i)
+      if (entries[i].creator == creator) {
+        entries.erase(entries.begin() + static_cast<long>(i));
+        return true;
+      }
+    return false;
+  }
+  bool holds(const void* creator) const {
+    for (const Entry& e : entries)
+      if (e.creator == creator) return true;
+    return false;
+  }
+};
+
+TEST(static_registration_registers_each_creator_once) {
+  NamedCreator conv{"BinaryConv2d"}, lin{"BinaryLinear"};
+  void* list[] = {&conv, &lin};
+  RuleRegistry reg;
+  StaticRegistrations mine;
+  int refused[StaticRegistrations::kMax], nrefused = -1;
+  CHECK(mine.register_all(reg, list, 2, "bimaco", refused, &nrefused) == 2);
+  CHECK(nrefused == 0 && mine.registered() == 2 && reg.entries.size() == 2);
+  // a second run (e.g. a retry) asks the registry nothing and reports no duplicate
+  const int adds = reg.adds;
+  CHECK(mine.register_all(reg, list, 2, "bimaco", refused, &nrefused) == 0);
+  CHECK(nrefused == 0 && reg.adds == adds && reg.entries.size() == 2);
+}
+
+TEST(static_registration_leaves_foreign_creators_alone) {
+  // BinaryLinear is already registered by someone else: TensorRT's loadLibrary of the
+  // other library, another copy of this one, or the application.
+  NamedCreator conv{"BinaryConv2d"}, lin{"BinaryLinear"}, foreign_lin{"BinaryLinear"}, other{"Unrelated"};
+  RuleRegistry reg;
+  CHECK(reg.add(&foreign_lin, "bimaco") && reg.add(&other, ""));
+  void* list[] = {&conv, &lin};
+  StaticRegistrations mine;
+  int refused[StaticRegistrations::kMax], nrefused = 0;
+  CHECK(mine.register_all(reg, list, 2, "bimaco", refused, &nrefused) == 1);
+  CHECK(nrefused == 1 && refused[0] == 1);
+  CHECK(mine.owns(&conv) && !mine.owns(&lin) && !mine.owns(&foreign_lin));
+  // unload: exactly our own registration goes, the foreign ones stay
+  CHECK(mine.deregister_all(reg) == 1);
+  CHECK(!reg.holds(&conv) && reg.holds(&foreign_lin) && reg.holds(&other));
+  CHECK(mine.registered() == 0);
+  const int removes = reg.removes;
+  CHECK(mine.deregister_all(reg) == 0 && reg.removes == removes);  // nothing left to take back
+}
+
+TEST(static_registration_refuses_more_creators_than_it_can_track) {
+  NamedCreator many[StaticRegistrations::kMax + 2] = {
+      {"a"}, {"b"}, {"c"}, {"d"}, {"e"}, {"f"}, {"g"}, {"h"}, {"i"}, {"j"}};
+  void* list[StaticRegistrations::kMax + 2];
+  for (int i = 0; i < StaticRegistrations::kMax + 2; ++i) list[i] = &many[i];
+  RuleRegistry reg;
+  StaticRegistrations mine;
+  int nrefused = 0;
+  CHECK(mine.register_all(reg, list, StaticRegistrations::kMax + 2, "", nullptr, &nrefused) ==
+        StaticRegistrations::kMax);
+  // an untracked registration could never be taken back at unload: it is not made at all
+  CHECK(nrefused == 2 && static_cast<int>(reg.entries.size()) == StaticRegistrations::kMax);
+  CHECK(mine.deregister_all(reg) == StaticRegistrations::kMax && reg.entries.empty());
 }
 
 void dump_fields() {

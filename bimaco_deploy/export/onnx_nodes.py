@@ -74,6 +74,7 @@ def emit_smb(gb: GraphBuilder, smb: SparseRows, x: str, name: str, *, conv: bool
 
     Conv: X [N, C, H, W] -> Gather(axis 1) [N, O*R, H, W] -> [N, O, R, H, W] -> * v -> sum R.
     Linear: X [..., K] -> Gather(axis -1) [..., O*R] -> [..., O, R] -> * v -> sum R.
+    (The fused form, :func:`emit_binary_conv` with ``fuse``, never builds the O*R-wide tensor.)
     """
     o, r = smb.out_features, smb.row_width
     idx, value = smb_table_for(gb).add(smb, name)

@@ -184,6 +184,36 @@ def unpack_weight_signs(bits: np.ndarray, channels: int, zero: Optional[np.ndarr
     return sgn
 
 
+# --------------------------------------------------------------------------- SMB column tables
+
+#: An SMB column index (input channel) takes 16 bits: two per int32 word, entry 2j in bits
+#: 0-15 and entry 2j+1 in bits 16-31 of word j. On a little-endian machine these words are
+#: byte for byte an int16 array, the CPU kernels' column table. Channel counts stay below
+#: 2^15, so every word is non-negative and standard int32 Div/Mod can take it apart.
+SMB_COL_BITS = 16
+SMB_MAX_CHANNELS = 1 << 15
+
+
+def pack_smb_cols(cols: np.ndarray) -> np.ndarray:
+    """Column indices [n] (each in [0, 2^15)) -> int32 words [ceil(n/2)], two per word."""
+    c = np.asarray(cols, dtype=np.int64).reshape(-1)
+    if c.size and (c.min() < 0 or c.max() >= SMB_MAX_CHANNELS):
+        raise ValueError(f"SMB column indices must lie in [0, {SMB_MAX_CHANNELS}), got {c.min()}..{c.max()}")
+    padded = np.zeros(2 * ((c.size + 1) // 2), np.int64)
+    padded[: c.size] = c
+    pairs = padded.reshape(-1, 2)
+    return (pairs[:, 0] | (pairs[:, 1] << SMB_COL_BITS)).astype(np.int32)
+
+
+def unpack_smb_cols(words: np.ndarray, count: int) -> np.ndarray:
+    """Inverse of :func:`pack_smb_cols`: the first ``count`` column indices, int64."""
+    w = np.asarray(words, dtype=np.int64).reshape(-1)
+    if w.size != (count + 1) // 2:
+        raise ValueError(f"{w.size} words do not hold exactly {count} SMB columns (need {(count + 1) // 2})")
+    both = np.stack([w & 0xFFFF, (w >> SMB_COL_BITS) & 0xFFFF], axis=1).reshape(-1)
+    return both[:count]
+
+
 # --------------------------------------------------------------------------- shapes
 
 

@@ -14,7 +14,6 @@ import pytest
 from bimaco_deploy.export.graph_builder import GraphBuilder
 from bimaco_deploy.export.layer_params import BinaryConvLayer, BinaryLinearLayer, SparseRows
 from bimaco_deploy.export.onnx_nodes import emit_core, single_layer_model
-from bimaco_deploy.export.smb_table import emit_unpack_bitstream, field_bits, pack_bitstream
 from bimaco_deploy.export.portable import has_custom_nodes, to_portable
 from bimaco_deploy.plugins import contract
 
@@ -216,23 +215,46 @@ def test_custom_node_follows_the_contract_for_tensorrt():
     onnx.checker.check_model(model, full_check=True)
 
 
-@pytest.mark.parametrize("bits,count", [(1, 1), (5, 37), (11, 1000), (16, 33), (31, 9)])
-def test_bitstream_packing_round_trips_through_onnx(bits, count):
-    rng = np.random.default_rng(bits)
-    values = rng.integers(0, 1 << bits, count)
-    values[0] = (1 << bits) - 1  # all ones straddling word boundaries
-    words = pack_bitstream(values, bits)
-    assert words.dtype == np.int32 and words.min() >= 0
-    assert words.size <= count * bits // 31 + 2  # no padding beyond the stream
-    gb = GraphBuilder()
-    out = emit_unpack_bitstream(gb, gb.initializer("w", words), values.size, bits, "u")
-    gb.op("Identity", [out], outputs=["Y"])
-    gb.add_output("Y", onnx.TensorProto.INT64, [count])
-    got = _session(gb.make_model("u")).run(None, {})[0]
-    np.testing.assert_array_equal(got, values)
+@pytest.mark.parametrize("count", [0, 1, 2, 7, 1000])
+def test_smb_columns_pack_two_per_word(count):
+    rng = np.random.default_rng(count)
+    cols = rng.integers(0, contract.SMB_MAX_CHANNELS, count)
+    if count:
+        cols[0] = contract.SMB_MAX_CHANNELS - 1  # the widest index keeps the word non-negative
+    words = contract.pack_smb_cols(cols)
+    assert words.dtype == np.int32 and words.size == (count + 1) // 2 and (words >= 0).all()
+    np.testing.assert_array_equal(contract.unpack_smb_cols(words, count), cols)
+    # byte for byte the int16 column table of the CPU kernels (little-endian)
+    np.testing.assert_array_equal(words.view("<i2")[:count], cols.astype(np.int16))
     with pytest.raises(ValueError):
-        pack_bitstream([1 << bits], bits)
-    assert field_bits(1279) == 11 and field_bits(21) == 5 and field_bits(0) == 1
+        contract.pack_smb_cols([contract.SMB_MAX_CHANNELS])
+
+
+def test_smb_table_decode_matches_the_rows():
+    """The shared table's int32 decode (ONNX Runtime) gives every layer its padded rows."""
+    from bimaco_deploy.export.layer_params import SparseRows
+    from bimaco_deploy.export.smb_table import smb_table_for
+
+    rng = np.random.default_rng(3)
+    layers = []
+    for o, c in ((5, 40), (9, 1300), (3, 7)):
+        counts = rng.integers(0, 6, o)
+        counts[0] = 0  # an empty row
+        nnz = int(counts.sum())
+        layers.append(SparseRows(cols=rng.integers(0, c, nnz), values=rng.standard_normal(nnz).astype(np.float32),
+                                 counts=counts.astype(np.int64)))
+    gb = GraphBuilder()
+    outs = []
+    for i, smb in enumerate(layers):
+        idx, val = smb_table_for(gb).add(smb, f"l{i}")
+        outs += [gb.op("Identity", [idx], outputs=[f"idx{i}"]), gb.op("Identity", [val], outputs=[f"val{i}"])]
+        gb.add_output(f"idx{i}", onnx.TensorProto.INT32, None)
+        gb.add_output(f"val{i}", onnx.TensorProto.FLOAT, None)
+    got = _session(gb.make_model("t")).run(None, {})
+    for i, smb in enumerate(layers):
+        index, value = smb.padded()
+        np.testing.assert_array_equal(got[2 * i], index.reshape(-1))
+        np.testing.assert_array_equal(got[2 * i + 1], value)
 
 
 def test_smb_stays_compact_never_dense():
@@ -242,5 +264,6 @@ def test_smb_stays_compact_never_dense():
     smb_bytes = sum(len(t.raw_data) for t in model.graph.initializer if t.name.startswith("smb_table."))
     assert smb_bytes > 4 * layer.smb.nnz  # the values alone
     dense_bytes = 640 * 640 * 4
-    # values (4 B) + 10-bit columns + 5-bit row counts: far below a dense matrix
-    assert smb_bytes < 6 * layer.smb.nnz < dense_bytes / 50
+    # values (4 B) + 16-bit columns + a 4-byte row start per output row: far below a dense matrix
+    assert smb_bytes <= 4 * layer.smb.nnz + 2 * (layer.smb.nnz + 2) + 4 * (640 + 1)
+    assert smb_bytes < dense_bytes / 50

@@ -17,14 +17,14 @@ size_t align_up(size_t v, size_t a) { return (v + a - 1) / a * a; }
 
 // Bytes of each region, in layout order (see Workspace).
 struct RegionSizes {
-  size_t flag, xbits, xzero, scale, xpop;
+  size_t flag, xbits, xzero, scale, xpop, zpix;
 };
 
 RegionSizes region_sizes(const Geometry& g) {
   const size_t pixels = static_cast<size_t>(g.padded_pixels);
   const size_t words = pixels * static_cast<size_t>(g.wpad);
   return {sizeof(int32_t), words * sizeof(uint32_t), words * sizeof(uint32_t), pixels * sizeof(float),
-          pixels * sizeof(int32_t)};
+          pixels * sizeof(int32_t), pixels * sizeof(uint8_t)};
 }
 
 }  // namespace
@@ -75,7 +75,8 @@ size_t workspace_bytes(const Geometry& g) {
   const RegionSizes r = region_sizes(g);
   // One kRegionAlign of slack lets carve_workspace realign a base of any alignment.
   return kRegionAlign + align_up(r.flag, kRegionAlign) + align_up(r.xbits, kRegionAlign) +
-         align_up(r.xzero, kRegionAlign) + align_up(r.scale, kRegionAlign) + align_up(r.xpop, kRegionAlign);
+         align_up(r.xzero, kRegionAlign) + align_up(r.scale, kRegionAlign) + align_up(r.xpop, kRegionAlign) +
+         align_up(r.zpix, kRegionAlign);
 }
 
 Workspace carve_workspace(const Geometry& g, void* base) {
@@ -91,6 +92,8 @@ Workspace carve_workspace(const Geometry& g, void* base) {
   ws.scale = reinterpret_cast<float*>(p);
   p += align_up(r.scale, kRegionAlign);
   ws.xpop = reinterpret_cast<int32_t*>(p);
+  p += align_up(r.xpop, kRegionAlign);
+  ws.zpix = reinterpret_cast<uint8_t*>(p);
   return ws;
 }
 

@@ -15,8 +15,9 @@
 //    X (written by the pack kernel) and per-column popcounts of W (summed while the
 //    weight tile is staged). sm_75 uses mma m8n8k128 .xor.popc directly.
 //  * popc_tile: plain __popc with zero masks, dot = popc(valid) - 2 popc((x^w) & valid),
-//    valid = ~xz & ~wz. Runs when X holds exact zeros (flag from the pack kernel), when
-//    the weights carry a zero mask, on archs without 1-bit MMA, and on request.
+//    valid = ~xz & ~wz. Runs for the tiles that read a pixel whose exact zeros matter
+//    (zpix from the pack kernel), for every tile when the weights carry a zero mask, on
+//    archs without 1-bit MMA, and on request.
 // Both add s * dot with the same fused multiply-add in the same tap order, so they
 // produce bit-identical outputs; selftest.cu relies on that.
 
@@ -279,7 +280,10 @@ __device__ void mma_tile(const GemmArgs& a, Smem& sm, int64_t m0, int n0) {
 
 // ----------------------------------------------------------------- plain popcount path
 
-// Thread t owns tile row t % 64 and the channels n0 + t / 64 + 2i, i < 32.
+// Thread t owns tile row t % 64 and the channels n0 + t / 64 + 2i, i < 32, taken in
+// groups of kGroup: the group's accumulators live across all taps, and the next group
+// reads the same X words again (from L1). Holding all 32 at once made this rarely used
+// path set the register count, and so the occupancy, of the whole kernel.
 template <typename T>
 __device__ void popc_tile(const GemmArgs& a, const Smem& sm, int64_t m0, int n0) {
   const Geometry& g = a.g;
@@ -292,48 +296,56 @@ __device__ void popc_tile(const GemmArgs& a, const Smem& sm, int64_t m0, int n0)
   const int taps = g.kh * g.kw;
   constexpr int kPerThread = kBN * kBM / kThreads;  // 32
   constexpr int kColStep = kThreads / kBM;           // 2
+  constexpr int kGroup = 8;
+  const int64_t m = m0 + row;
 
-  float acc[kPerThread];
+#pragma unroll 1
+  for (int i0 = 0; i0 < kPerThread; i0 += kGroup) {
+    float acc[kGroup];
 #pragma unroll
-  for (int i = 0; i < kPerThread; ++i) acc[i] = 0.f;
-
-  for (int ky = 0; ky < g.kh; ++ky) {
-    for (int kx = 0; kx < g.kw; ++kx) {
-      const int tap = ky * g.kw + kx;
-      const int64_t pix = rp0 + static_cast<int64_t>(ky) * g.wp + kx;
-      const float s = a.ws.scale[pix];
-      if (s == 0.f) continue;  // padded (or all-zero) pixel: s * dot = 0, as the MMA path gets
-      const uint32_t* xb = a.ws.xbits + pix * g.wpad;
-      const uint32_t* xz = a.ws.xzero + pix * g.wpad;
+    for (int i = 0; i < kGroup; ++i) acc[i] = 0.f;
+    for (int ky = 0; ky < g.kh; ++ky) {
+      for (int kx = 0; kx < g.kw; ++kx) {
+        const int tap = ky * g.kw + kx;
+        const int64_t pix = rp0 + static_cast<int64_t>(ky) * g.wp + kx;
+        const float s = a.ws.scale[pix];
+        if (s == 0.f) continue;  // padded (or all-zero) pixel: s * dot = 0, as the MMA path gets
+        const uint32_t* xb = a.ws.xbits + pix * g.wpad;
+        const uint32_t* xz = a.ws.xzero + pix * g.wpad;
 #pragma unroll
-      for (int i = 0; i < kPerThread; ++i) {
-        const int oc = c_first + i * kColStep;
-        if (oc < g.o) {
-          const int64_t wrow = (static_cast<int64_t>(oc) * taps + tap) * g.words;
-          int dot = 0;
-          for (int wd = 0; wd < g.words; ++wd) {
-            const uint32_t lim = wd == g.words - 1 ? last_mask : 0xffffffffu;
-            const uint32_t wz = a.wzero != nullptr ? __ldg(a.wzero + wrow + wd) : 0u;
-            const uint32_t valid = ~xz[wd] & ~wz & lim;
-            const uint32_t diff = (xb[wd] ^ __ldg(a.wbits + wrow + wd)) & valid;
-            dot += __popc(valid) - 2 * __popc(diff);
+        for (int i = 0; i < kGroup; ++i) {
+          const int oc = c_first + (i0 + i) * kColStep;
+          if (oc < g.o) {
+            const int64_t wrow = (static_cast<int64_t>(oc) * taps + tap) * g.words;
+            int dot = 0;
+            for (int wd = 0; wd < g.words; ++wd) {
+              const uint32_t lim = wd == g.words - 1 ? last_mask : 0xffffffffu;
+              const uint32_t wz = a.wzero != nullptr ? __ldg(a.wzero + wrow + wd) : 0u;
+              const uint32_t valid = ~xz[wd] & ~wz & lim;
+              const uint32_t diff = (xb[wd] ^ __ldg(a.wbits + wrow + wd)) & valid;
+              dot += __popc(valid) - 2 * __popc(diff);
+            }
+            acc[i] = __fmaf_rn(s, static_cast<float>(dot), acc[i]);
           }
-          acc[i] = __fmaf_rn(s, static_cast<float>(dot), acc[i]);
         }
       }
     }
-  }
-
-  const int64_t m = m0 + row;
 #pragma unroll
-  for (int i = 0; i < kPerThread; ++i) {
-    const int oc = c_first + i * kColStep;
-    if (oc < g.o) store_output<T>(a, m, oc, acc[i]);
+    for (int i = 0; i < kGroup; ++i) {
+      const int oc = c_first + (i0 + i) * kColStep;
+      if (oc < g.o) store_output<T>(a, m, oc, acc[i]);
+    }
   }
 }
 
+// At most 128 registers per thread, so four blocks (16 warps) fit an SM's 64K registers
+// (the unbounded build used 152-168: three blocks, 12 warps, a quarter of Orin's 48).
+// ptxas meets the bound without spills because the popcount path keeps only kGroup
+// accumulators live; tests/plugins/test_cuda_compile.py fails on any spill.
+constexpr int kMinBlocksPerSm = 4;
+
 template <typename T>
-__global__ void __launch_bounds__(kThreads) gemm_kernel(GemmArgs a) {
+__global__ void __launch_bounds__(kThreads, kMinBlocksPerSm) gemm_kernel(GemmArgs a) {
   __shared__ Smem sm;
   const int64_t m0 = static_cast<int64_t>(blockIdx.x) * kBM;
   const int n0 = blockIdx.y * kBN;
@@ -343,8 +355,22 @@ __global__ void __launch_bounds__(kThreads) gemm_kernel(GemmArgs a) {
   }
   __syncthreads();
 #if defined(BIMACO_HAS_MMA)
-  // Uniform over the grid: every block takes the same branch.
-  const bool masked = a.force_popcount != 0 || a.wzero != nullptr || *a.ws.flag != 0;
+  // The path is chosen per tile (uniform over the block): a weight zero mask or a forced
+  // run sends every tile to the masked path; an exact zero in X only the tiles that read
+  // its pixel (mlp.fc2 after GELU has a few such pixels, and the rest of the layer keeps
+  // the tensor cores). The grid-wide flag spares the per-tile scan when X has none.
+  bool masked = a.force_popcount != 0 || a.wzero != nullptr;
+  if (!masked && *a.ws.flag != 0) {
+    int hit = 0;
+    if (threadIdx.x < kBM) {
+      const long long rp = sm.rowpix[threadIdx.x];
+      if (rp >= 0) {
+        for (int ky = 0; ky < a.g.kh; ++ky)
+          for (int kx = 0; kx < a.g.kw; ++kx) hit |= a.ws.zpix[rp + static_cast<int64_t>(ky) * a.g.wp + kx];
+      }
+    }
+    masked = __syncthreads_or(hit) != 0;
+  }
   if (!masked) {
     mma_tile<T>(a, sm, m0, n0);
     return;

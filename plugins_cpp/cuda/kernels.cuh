@@ -43,29 +43,36 @@ bool make_linear_geometry(const LinearShape& s, Geometry* g);
 
 // Pointers into one call's workspace. Layout (each region kRegionAlign-aligned):
 //   flag   int32              set to 1 by the pack kernel when X holds an exact zero
+//                             that can change a result (some pixel has 0 < zeros < C)
 //   xbits  int32 [pixels][wpad] sign bits of X (set = negative), padded pixels all 0
 //   xzero  int32 [pixels][wpad] zero mask of X
 //   scale  float [pixels]     mean |X| over channels, 0 at padded pixels
 //   xpop   int32 [pixels]     popcount of xbits (the AND-form MMA needs it)
+//   zpix   uint8 [pixels]     1 where that pixel has 0 < zeros < C: the GEMM tiles that
+//                             read such a pixel take the masked path, the others keep MMA
 struct Workspace {
   int32_t* flag = nullptr;
   uint32_t* xbits = nullptr;
   uint32_t* xzero = nullptr;
   float* scale = nullptr;
   int32_t* xpop = nullptr;
+  uint8_t* zpix = nullptr;
 };
 
 size_t workspace_bytes(const Geometry& g);
 // Carves `base` (any alignment: workspace_bytes includes slack to realign it).
 Workspace carve_workspace(const Geometry& g, void* base);
 
-// Which GEMM kernel to run. kAuto: the 1-bit tensor-core MMA where the device has it
-// (sm_75: m8n8k128 xor.popc, sm_80+: m16n8k128 and.popc) unless zero masks are in
-// play, then plain popcount. kPopcount: always the plain __popc kernel (selftest uses
+// Which GEMM kernel to run. kAuto: per output tile, the 1-bit tensor-core MMA where the
+// device has it (sm_75: m8n8k128 xor.popc, sm_80+: m16n8k128 and.popc) unless the tile
+// reads a pixel whose zeros matter or the weights carry a zero mask, then plain popcount. kPopcount: always the plain __popc kernel (selftest uses
 // it to hold the MMA path to an independent implementation).
 enum class Path : int { kAuto = 0, kPopcount = 1 };
 
 // Stage 1: sign-pack X (NCHW, `dtype`) into ws. Expects ws.flag zeroed on `stream`.
+// Linear geometries (1x1 pixels, channels contiguous) take a warp-per-row kernel whose
+// loads are coalesced along the channels; convolutions one thread per pixel, coalesced
+// along the pixels of NCHW.
 cudaError_t launch_pack(const Geometry& g, DType dtype, const void* x, const Workspace& ws,
                         cudaStream_t stream);
 

@@ -62,6 +62,9 @@ struct Spec {
   double w_zero_rate;    // fraction of scattered zero weights (carried by Wzero)
   bool garbage_tail;     // set the unused tail bits of every weight word
   bool zero_channel;     // make output channel 0 all-zero weights (alpha 0)
+  // x_zero_rate applies to image 0 only: tiles of the other images have no zero and keep
+  // the MMA path while image 0's tiles take the masked one (the path is chosen per tile).
+  bool zeros_in_first_image_only = false;
 };
 
 float round_to(DType dt, float v) { return dt == DType::kFloat16 ? __half2float(__float2half_rn(v)) : v; }
@@ -76,7 +79,11 @@ Case make_case(const Spec& sp, std::mt19937& rng) {
   std::normal_distribution<float> nd(0.f, 1.f);
   std::uniform_real_distribution<double> ud(0.0, 1.0);
   k.x.resize(static_cast<size_t>(s.n) * s.c * s.h * s.w);
-  for (float& v : k.x) v = ud(rng) < sp.x_zero_rate ? 0.f : round_to(sp.dtype, nd(rng));
+  const size_t image = static_cast<size_t>(s.c) * s.h * s.w;
+  for (size_t i = 0; i < k.x.size(); ++i) {
+    const bool may_zero = !sp.zeros_in_first_image_only || i < image;
+    k.x[i] = may_zero && ud(rng) < sp.x_zero_rate ? 0.f : round_to(sp.dtype, nd(rng));
+  }
   const int words = bimaco::num_words(s.c);
   const size_t taps = static_cast<size_t>(s.kh) * s.kw;
   k.wsgn.resize(static_cast<size_t>(s.o) * taps * s.c);
@@ -300,13 +307,14 @@ std::string describe(const Spec& sp) {
   if (sp.w_zero_rate > 0) out += " wzero";
   if (sp.garbage_tail) out += " tail";
   if (sp.zero_channel) out += " zchan";
+  if (sp.zeros_in_first_image_only) out += " xzero-img0";
   return out;
 }
 
 std::vector<Spec> fixed_specs() {
   std::vector<Spec> v;
-  auto add = [&](ConvShape s, DType dt, bool lin, double xz, double wz, bool tail, bool zc) {
-    Spec sp{"", s, dt, lin, xz, wz, tail, zc};
+  auto add = [&](ConvShape s, DType dt, bool lin, double xz, double wz, bool tail, bool zc, bool img0 = false) {
+    Spec sp{"", s, dt, lin, xz, wz, tail, zc, img0};
     sp.name = describe(sp);
     v.push_back(sp);
   };
@@ -329,6 +337,10 @@ std::vector<Spec> fixed_specs() {
   add(conv(1, 96, 6, 6, 40, 3, 1, 1, 1, 1, 1), f32, false, 0, 0.1, false, false);
   add(conv(2, 45, 5, 6, 33, 3, 1, 1, 1, 1, 1), f32, false, 0.2, 0.2, true, true);
   add(conv(1, 64, 4, 4, 8, 3, 1, 1, 1, 1, 1), f32, false, 1.0, 0, false, false);  // all-zero X
+  // Zeros in some GEMM tiles only: masked and MMA tiles in one launch (per-tile choice).
+  add(conv(3, 160, 12, 12, 96, 3, 1, 1, 1, 1, 1), f32, false, 0.01, 0, false, false, true);
+  add(conv(2, 70, 16, 8, 40, 1, 1, 0, 0, 0, 0), f16, false, 0.2, 0, true, false, true);
+  add(conv(200, 768, 1, 1, 192, 1, 1, 0, 0, 0, 0), f32, true, 0.001, 0, false, false, true);  // fc2 after GELU
   // Linear layers: swin qkv / proj / fc1 / fc2 widths, odd K, rows not a multiple of 64.
   add(conv(100, 192, 1, 1, 576, 1, 1, 0, 0, 0, 0), f32, true, 0, 0, false, false);
   add(conv(64, 768, 1, 1, 192, 1, 1, 0, 0, 0, 0), f16, true, 0.02, 0, false, false);
@@ -357,6 +369,7 @@ Spec random_spec(std::mt19937& rng) {
   sp.w_zero_rate = r(0, 4) == 0 ? 0.1 : 0.0;
   sp.garbage_tail = r(0, 1) == 1;
   sp.zero_channel = r(0, 4) == 0;
+  sp.zeros_in_first_image_only = sp.x_zero_rate > 0 && r(0, 1) == 1;
   sp.name = describe(sp);
   return sp;
 }

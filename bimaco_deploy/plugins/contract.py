@@ -18,12 +18,31 @@ Semantics (see DESIGN.md, "The op contract"):
   dot_k`` where ``s`` is the per-pixel mean of |X| over channels (0 at padded
   pixels) and ``dot_k`` is the exact integer sum of sgn(X) * sgnW over channels.
 * BinaryLinear: ``Y = bias + alpha * s * dot`` with ``s`` the per-row mean of |X|.
+
+Fused side branches (attributes ``rprelu``, ``smb``, ``lrmb_rank``, all 0 by default: the
+plain op above). A BiMaCoSR binary layer is the core plus full-precision side branches;
+a node may carry them, applied to the core's output in the reference's order:
+
+* conv:   ``Y = ((RPReLU(core) + SMB(X)) + LRMB(X))``
+* linear: ``Y = ((core + LRMB(X)) + SMB(X))``
+
+with ``RPReLU(v) = P(v + b0) + b1``, ``P(u) = u if u > 0 else slope * u`` (per output
+channel); ``SMB(X)[.., o, ..] = sum over o's entries e of val[e] * X[.., col[e], ..]``
+(entries ``rowptr[o] .. rowptr[o+1]-1``, CSR over output channels, summed in entry
+order); ``LRMB(X) = up (down X)`` over the channel axis (rank ``lrmb_rank``). Each branch
+is summed on its own, then added. SMB and LRMB read X at the output's own pixel: a conv
+that carries them has stride 1 and an output the size of its input. The extra inputs
+follow bias (and Wzero, when present) in this order, as many as the attributes announce:
+``rprelu`` [3, O] (rows b0, slope, b1), ``smb_rowptr`` int32 [O + 1], ``smb_col`` int32
+[ceil(nnz / 2)] (:func:`pack_smb_cols`), ``smb_val`` [nnz], ``lr_down`` [r, C], ``lr_up``
+[O, r]; the float ones in X's dtype. The CPU ops ``binary_conv2d_fused`` /
+``binary_linear_fused`` compute the same maths (int16 column table, float32 only).
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Optional, Sequence, Tuple
+from typing import Dict, Mapping, Optional, Sequence, Tuple
 
 import numpy as np
 
@@ -51,6 +70,18 @@ class AttrSpec:
     default: object = None
 
 
+#: Side-branch attributes and the inputs each one adds (when nonzero), in input order.
+SIDE_INPUTS = {
+    "rprelu": ("rprelu",),
+    "smb": ("smb_rowptr", "smb_col", "smb_val"),
+    "lrmb_rank": ("lr_down", "lr_up"),
+}
+#: Side inputs that are int32; the others have X's float dtype.
+SIDE_INT_INPUTS = ("smb_rowptr", "smb_col")
+#: The largest LRMB rank the kernels take (the published model uses 8).
+MAX_LRMB_RANK = 64
+
+
 @dataclass(frozen=True)
 class OpSpec:
     """Name, inputs, attributes and output of one custom op."""
@@ -60,12 +91,34 @@ class OpSpec:
     optional_inputs: Tuple[str, ...]
     outputs: Tuple[str, ...]
     attributes: Tuple[AttrSpec, ...] = field(default_factory=tuple)
+    #: side-branch attributes this op accepts, in the order their inputs follow
+    side: Tuple[str, ...] = ()
 
     def attribute(self, name: str) -> AttrSpec:
         for a in self.attributes:
             if a.name == name:
                 return a
         raise KeyError(f"{self.name} has no attribute {name!r}")
+
+    def input_names(self, attrs: Mapping[str, object], has_wzero: bool) -> Tuple[str, ...]:
+        """Every input of a node with these attributes, in order."""
+        names = self.inputs + (("Wzero",) if has_wzero else ())
+        for a in self.side:
+            if int(attrs.get(a, 0) or 0):  # type: ignore[call-overload]
+                names += SIDE_INPUTS[a]
+        return names
+
+    def layout(self, attrs: Mapping[str, object], n_inputs: int) -> Dict[str, int]:
+        """Input name -> position for a node with these attributes and ``n_inputs`` inputs.
+
+        Wzero is told apart by the count alone: the side inputs are fixed by the attributes.
+        """
+        for has_wzero in (False, True):
+            names = self.input_names(attrs, has_wzero)
+            if len(names) == n_inputs:
+                return {n: i for i, n in enumerate(names)}
+        want = len(self.input_names(attrs, False))
+        raise ValueError(f"{self.name} with {dict(attrs)} takes {want} or {want + 1} inputs, got {n_inputs}")
 
 
 _PLUGIN_ATTRS = (
@@ -76,23 +129,29 @@ _PLUGIN_ATTRS = (
 BINARY_CONV2D = OpSpec(
     name=CONV_OP,
     inputs=("X", "Wbits", "alpha", "bias"),
-    optional_inputs=("Wzero",),
+    optional_inputs=("Wzero",) + SIDE_INPUTS["rprelu"] + SIDE_INPUTS["smb"] + SIDE_INPUTS["lrmb_rank"],
     outputs=("Y",),
     attributes=(
         AttrSpec("in_channels", "INT"),
         AttrSpec("kernel_shape", "INTS"),
         AttrSpec("strides", "INTS", (1, 1)),
         AttrSpec("pads", "INTS", (0, 0, 0, 0)),  # ONNX order: top, left, bottom, right
+        AttrSpec("rprelu", "INT", 0),
+        AttrSpec("smb", "INT", 0),
+        AttrSpec("lrmb_rank", "INT", 0),
     )
     + _PLUGIN_ATTRS,
+    side=("rprelu", "smb", "lrmb_rank"),
 )
 
 BINARY_LINEAR = OpSpec(
     name=LINEAR_OP,
     inputs=("X", "Wbits", "alpha", "bias"),
-    optional_inputs=("Wzero",),
+    optional_inputs=("Wzero",) + SIDE_INPUTS["smb"] + SIDE_INPUTS["lrmb_rank"],
     outputs=("Y",),
-    attributes=(AttrSpec("in_features", "INT"),) + _PLUGIN_ATTRS,
+    attributes=(AttrSpec("in_features", "INT"), AttrSpec("smb", "INT", 0), AttrSpec("lrmb_rank", "INT", 0))
+    + _PLUGIN_ATTRS,
+    side=("smb", "lrmb_rank"),
 )
 
 OPS = {BINARY_CONV2D.name: BINARY_CONV2D, BINARY_LINEAR.name: BINARY_LINEAR}
@@ -280,6 +339,75 @@ def binary_conv2d_reference(
     y = bias.astype(np.float64)[None, :, None, None] + alpha.astype(np.float64)[None, :, None, None] * y
     y = y.astype(np.float32).astype(out_dtype)
     return (y, dots) if return_int else y
+
+
+def side_branches_reference(
+    x: np.ndarray,
+    core: np.ndarray,
+    *,
+    conv: bool,
+    rprelu: Optional[np.ndarray] = None,
+    smb_rowptr: Optional[np.ndarray] = None,
+    smb_col: Optional[np.ndarray] = None,
+    smb_val: Optional[np.ndarray] = None,
+    lr_down: Optional[np.ndarray] = None,
+    lr_up: Optional[np.ndarray] = None,
+) -> np.ndarray:
+    """The fused side branches on a core output, in float64 (then X's dtype).
+
+    ``x``: the layer input ([N, C, H, W] or [..., K]); ``core``: the contract op's output
+    (same pixel grid for conv: stride 1, same size, whenever SMB or LRMB is given);
+    ``smb_col`` packed as :func:`pack_smb_cols` writes it. Order as the module docstring.
+    """
+    out_dtype = core.dtype
+    xf = np.asarray(x, np.float64)
+    y = np.asarray(core, np.float64)
+    axis = 1 if conv else xf.ndim - 1
+    o = y.shape[axis]
+
+    def per_channel(v: np.ndarray) -> np.ndarray:
+        shape = [1] * y.ndim
+        shape[axis] = -1
+        return np.asarray(v, np.float64).reshape(shape)
+
+    def smb() -> np.ndarray:
+        rowptr = np.asarray(smb_rowptr, np.int64)
+        nnz = int(rowptr[-1])
+        cols = unpack_smb_cols(smb_col, nnz)
+        vals = np.asarray(smb_val, np.float64)
+        out = np.zeros_like(y)
+        for oc in range(o):
+            acc = 0.0
+            for e in range(rowptr[oc], rowptr[oc + 1]):
+                acc = acc + vals[e] * np.take(xf, cols[e], axis=axis)
+            idx = [slice(None)] * y.ndim
+            idx[axis] = oc
+            out[tuple(idx)] = acc
+        return out
+
+    def lrmb() -> np.ndarray:
+        down, up = np.asarray(lr_down, np.float64), np.asarray(lr_up, np.float64)
+        t = np.tensordot(xf, down, axes=([axis], [1]))  # channel axis last: [..., r]
+        low = np.tensordot(t, up, axes=([t.ndim - 1], [1]))  # [..., O]
+        return np.moveaxis(low, low.ndim - 1, axis)
+
+    if rprelu is not None:
+        if not conv:
+            raise ValueError("RPReLU belongs to conv layers")
+        b0, slope, b1 = (per_channel(r) for r in np.asarray(rprelu))
+        u = y + b0
+        y = np.where(u > 0, u, slope * u) + b1
+    if conv:
+        if smb_rowptr is not None:
+            y = y + smb()
+        if lr_down is not None:
+            y = y + lrmb()
+    else:
+        if lr_down is not None:
+            y = y + lrmb()
+        if smb_rowptr is not None:
+            y = y + smb()
+    return y.astype(np.float32).astype(out_dtype)
 
 
 def binary_linear_reference(

@@ -46,6 +46,40 @@ Status check_type(const OpParams& p, const std::string& layer, int index, const 
   return Status::Ok();
 }
 
+// The side inputs: shapes from O, C, rank and nnz (the length of smb_val); types int32
+// for the SMB index tables, X's type for the rest.
+Status check_side_inputs(const OpParams& p, const InputLayout& l, const TensorInfo* in, int64_t o,
+                         const std::string& layer) {
+  const int64_t c = p.kind == OpKind::kConv2d ? p.conv.in_channels : p.linear.in_features;
+  const TensorType xt = in[0].type;
+  Status st;
+  if (l.rprelu >= 0) {
+    if (!(st = check_dims(p, layer, l.rprelu, "rprelu", in[l.rprelu], {3, o})).ok) return st;
+    if (!(st = check_type(p, layer, l.rprelu, "rprelu", in[l.rprelu], xt)).ok) return st;
+  }
+  if (l.smb_rowptr >= 0) {
+    const int64_t nnz = in[l.smb_val].dims.rank() == 1 ? in[l.smb_val].dims[0] : -2;
+    if (nnz == -2) {
+      return Status::Error(where(p, layer) + ": input " + std::to_string(l.smb_val) + " (smb_val) has shape " +
+                           dims_str(in[l.smb_val].dims) + ", expected [nnz]");
+    }
+    const int64_t o1 = o < 0 ? -1 : o + 1, words = nnz < 0 ? -1 : (nnz + 1) / 2;
+    if (!(st = check_dims(p, layer, l.smb_rowptr, "smb_rowptr", in[l.smb_rowptr], {o1})).ok) return st;
+    if (!(st = check_dims(p, layer, l.smb_col, "smb_col", in[l.smb_col], {words})).ok) return st;
+    if (!(st = check_type(p, layer, l.smb_rowptr, "smb_rowptr", in[l.smb_rowptr], TensorType::kInt32)).ok) return st;
+    if (!(st = check_type(p, layer, l.smb_col, "smb_col", in[l.smb_col], TensorType::kInt32)).ok) return st;
+    if (!(st = check_type(p, layer, l.smb_val, "smb_val", in[l.smb_val], xt)).ok) return st;
+  }
+  if (l.lr_down >= 0) {
+    const int64_t r = p.side.lrmb_rank;
+    if (!(st = check_dims(p, layer, l.lr_down, "lr_down", in[l.lr_down], {r, c})).ok) return st;
+    if (!(st = check_dims(p, layer, l.lr_up, "lr_up", in[l.lr_up], {o, r})).ok) return st;
+    if (!(st = check_type(p, layer, l.lr_down, "lr_down", in[l.lr_down], xt)).ok) return st;
+    if (!(st = check_type(p, layer, l.lr_up, "lr_up", in[l.lr_up], xt)).ok) return st;
+  }
+  return Status::Ok();
+}
+
 }  // namespace
 
 bool Dims::operator==(const Dims& o) const {
@@ -69,12 +103,25 @@ TensorType output_type(TensorType x) {
 }
 
 Status input_layout(const OpParams& p, int n, const std::string& layer, InputLayout* out) {
+  const int base = kMinInputs + p.side.extra_inputs();
   InputLayout l;
-  if (n == kMinInputs + 1) {
-    l.wzero = kMinInputs;
-  } else if (n != kMinInputs) {
-    return Status::Error(where(p, layer) + ": has " + std::to_string(n) +
-                         " inputs, expected 4 (X, Wbits, alpha, bias) or 5 (with Wzero)");
+  int next = kMinInputs;
+  if (n == base + 1) {
+    l.wzero = next++;
+  } else if (n != base) {
+    return Status::Error(where(p, layer) + ": has " + std::to_string(n) + " inputs, expected " +
+                         std::to_string(base) + " (X, Wbits, alpha, bias" + (p.side.any() ? ", side inputs" : "") +
+                         ") or " + std::to_string(base + 1) + " (with Wzero after bias)");
+  }
+  if (p.side.rprelu) l.rprelu = next++;
+  if (p.side.smb) {
+    l.smb_rowptr = next++;
+    l.smb_col = next++;
+    l.smb_val = next++;
+  }
+  if (p.side.lrmb_rank > 0) {
+    l.lr_down = next++;
+    l.lr_up = next++;
   }
   l.count = n;
   *out = l;
@@ -119,7 +166,7 @@ Status check_inputs(const OpParams& p, const TensorInfo* in, int n, const std::s
   if (l.wzero >= 0 && !(st = check_type(p, layer, l.wzero, "Wzero", in[l.wzero], TensorType::kInt32)).ok) return st;
   if (!(st = check_dims(p, layer, 2, "alpha", in[2], {o})).ok) return st;
   if (!(st = check_dims(p, layer, 3, "bias", in[3], {o})).ok) return st;
-  return Status::Ok();
+  return check_side_inputs(p, l, in, o, layer);
 }
 
 Status output_dims(const OpParams& p, const TensorInfo* in, int n, const std::string& layer, Dims* out) {
@@ -158,8 +205,9 @@ bool supports_combination(const OpParams& p, int pos, const TensorInfo* io, int 
   if (!t.linear) return false;
   if (pos == nb_inputs) return t.type == io[0].type;  // Y has the dtype of X
   if (pos == 0) return t.type == TensorType::kFloat32 || t.type == TensorType::kFloat16;
-  if (pos == 1 || pos == l.wzero) return t.type == TensorType::kInt32;  // Wbits, Wzero
-  return t.type == TensorType::kFloat32;                                 // alpha, bias
+  if (l.is_int(pos)) return t.type == TensorType::kInt32;  // Wbits, Wzero, SMB index tables
+  if (l.is_side_float(pos)) return t.type == io[0].type;   // side parameters follow X
+  return t.type == TensorType::kFloat32;                   // alpha, bias
 }
 
 Status plan_launch(const OpParams& p, const TensorInfo* in, int n, const std::string& layer, LaunchPlan* out) {
@@ -176,6 +224,8 @@ Status plan_launch(const OpParams& p, const TensorInfo* in, int n, const std::st
   plan.dtype = in[0].type == TensorType::kFloat16 ? DType::kFloat16 : DType::kFloat32;
   if (!(st = input_layout(p, n, layer, &plan.layout)).ok) return st;
   plan.has_wzero = plan.layout.wzero >= 0;
+  plan.side = p.side;
+  plan.smb_nnz = plan.layout.smb_val >= 0 ? in[plan.layout.smb_val].dims[0] : 0;
   if (!(st = output_dims(p, in, n, layer, &plan.y_dims)).ok) return st;
   const int o = static_cast<int>(in[1].dims[0]);
   if (p.kind == OpKind::kConv2d) {

@@ -71,15 +71,23 @@ struct TensorInfo {
   bool operator!=(const TensorInfo& o) const { return !(*this == o); }
 };
 
-// Inputs: X, Wbits, alpha, bias and the optional Wzero.
+// Inputs: X, Wbits, alpha, bias, the optional Wzero, then the side-branch inputs the
+// params announce (contract.h).
 constexpr int kMinInputs = 4;
-constexpr int kMaxInputs = 5;
+constexpr int kMaxInputs = kMinInputs + 1 + 6;
 
-// Where each input of a node sits, for a given input count: Wzero, when present,
-// comes right after bias. -1: absent.
+// Where each input of a node sits. Wzero, when present, comes right after bias; the
+// side inputs follow in the contract's order. -1: absent.
 struct InputLayout {
   int wzero = -1;
+  int rprelu = -1;
+  int smb_rowptr = -1, smb_col = -1, smb_val = -1;
+  int lr_down = -1, lr_up = -1;
   int count = kMinInputs;
+  // The inputs that are int32 (Wbits, Wzero, smb_rowptr, smb_col); the rest past X are
+  // float: alpha and bias float32, the side floats in X's dtype.
+  bool is_int(int i) const { return i == 1 || i == wzero || i == smb_rowptr || i == smb_col; }
+  bool is_side_float(int i) const { return i == rprelu || i == smb_val || i == lr_down || i == lr_up; }
 };
 
 // The layout for `nb_inputs` inputs, or an error naming the counts this op accepts.
@@ -109,13 +117,14 @@ Status output_dims(const OpParams& p, const TensorInfo* inputs, int nb_inputs, c
 
 // Check the number, ranks, types and static extents of the inputs against the
 // params (X channels == in_channels, Wbits [O][KH][KW][words] int32, alpha/bias
-// float32 [O], Wzero like Wbits). Dims of -1 are not checked.
+// float32 [O], Wzero like Wbits, the side inputs as contract.h lists them). Dims of -1
+// are not checked.
 Status check_inputs(const OpParams& p, const TensorInfo* inputs, int nb_inputs, const std::string& layer);
 
 // The supportsFormatCombination rule: decides position `pos` of in_out (inputs
 // then the one output) from positions 0..pos only, as TensorRT requires.
-// X: float32 or float16, linear; Wbits / Wzero: int32 linear; alpha, bias:
-// float32 linear; Y: the type of X, linear.
+// X: float32 or float16, linear; Wbits / Wzero / smb_rowptr / smb_col: int32 linear;
+// alpha, bias: float32 linear; the side floats and Y: the type of X, linear.
 bool supports_combination(const OpParams& p, int pos, const TensorInfo* in_out, int nb_inputs, int nb_outputs);
 
 // The output type for a given X type (Y has the dtype of X); kOther when X is unsupported.
@@ -128,7 +137,9 @@ struct LaunchPlan {
   ConvShape conv;
   LinearShape linear;
   InputLayout layout;
-  Dims y_dims;  // the output the launch writes
+  SideParams side;
+  int64_t smb_nnz = 0;  // entries of the SMB table (length of smb_val)
+  Dims y_dims;          // the output the launch writes
   bool has_wzero = false;
   bool empty = false;  // a zero-sized batch or row count: nothing to launch
 };

@@ -19,7 +19,8 @@
 //    (zpix from the pack kernel), for every tile when the weights carry a zero mask, on
 //    archs without 1-bit MMA, and on request.
 // Both add s * dot with the same fused multiply-add in the same tap order, so they
-// produce bit-identical outputs; selftest.cu relies on that.
+// produce bit-identical outputs; selftest.cu relies on that. Both end in store_output,
+// which applies a fused layer's side branches (side_epilogue) to each output.
 
 #include <cuda_fp16.h>
 
@@ -46,6 +47,7 @@ struct GemmArgs {
   void* y;
   Workspace ws;
   int force_popcount;
+  SideArgs side;
 };
 
 // alignas(16): the staging stores write a[][] as uint4. Without it the struct is only
@@ -75,12 +77,60 @@ __device__ __forceinline__ int64_t row_pixel(const Geometry& g, int64_t m) {
   return n * g.hp * g.wp + static_cast<int64_t>(oy) * g.sh * g.wp + static_cast<int64_t>(ox) * g.sw;
 }
 
+// SMB of output channel oc at output pixel r of image n: its CSR row over X at the same
+// pixel (the fused conv has stride 1 and the input's size; a linear row is a 1x1 image).
+template <typename T>
+__device__ __forceinline__ float smb_term(const GemmArgs& a, int64_t n, int64_t r, int64_t plane, int oc) {
+  const SideArgs& s = a.side;
+  const T* x = static_cast<const T*>(s.x);
+  const T* val = static_cast<const T*>(s.smb_val);
+  float acc = 0.f;
+  const int e1 = __ldg(s.smb_rowptr + oc + 1);
+  for (int e = __ldg(s.smb_rowptr + oc); e < e1; ++e) {
+    const int64_t col = __ldg(s.smb_col + e);
+    acc = __fmaf_rn(to_float(val[e]), to_float(x[(n * a.g.c + col) * plane + r]), acc);
+  }
+  return acc;
+}
+
+// LRMB: up[oc] . t[n, :, r], with t = down X from the workspace.
+template <typename T>
+__device__ __forceinline__ float lrmb_term(const GemmArgs& a, int64_t n, int64_t r, int64_t plane, int oc) {
+  const SideArgs& s = a.side;
+  const T* up = static_cast<const T*>(s.lr_up) + static_cast<int64_t>(oc) * s.rank;
+  float acc = 0.f;
+  for (int q = 0; q < s.rank; ++q) acc = __fmaf_rn(to_float(up[q]), s.lrt[(n * s.rank + q) * plane + r], acc);
+  return acc;
+}
+
+// The fused side branches on one core output v, in the reference's order of additions
+// (contract.h): conv ((RPReLU(v) + SMB) + LRMB), linear ((v + LRMB) + SMB). Each branch
+// is summed on its own and then added, as the CPU kernels do.
+template <typename T>
+__device__ __forceinline__ float side_epilogue(const GemmArgs& a, int64_t n, int64_t r, int64_t plane, int oc, float v) {
+  const SideArgs& s = a.side;
+  if (s.rprelu != nullptr) {
+    const T* rp = static_cast<const T*>(s.rprelu);
+    const float u = v + to_float(rp[oc]);
+    v = (u > 0.f ? u : to_float(rp[a.g.o + oc]) * u) + to_float(rp[2 * a.g.o + oc]);
+  }
+  if (s.linear_order) {
+    if (s.rank > 0) v += lrmb_term<T>(a, n, r, plane, oc);
+    if (s.smb_rowptr != nullptr) v += smb_term<T>(a, n, r, plane, oc);
+  } else {
+    if (s.smb_rowptr != nullptr) v += smb_term<T>(a, n, r, plane, oc);
+    if (s.rank > 0) v += lrmb_term<T>(a, n, r, plane, oc);
+  }
+  return v;
+}
+
 template <typename T>
 __device__ __forceinline__ void store_output(const GemmArgs& a, int64_t m, int oc, float acc) {
   int64_t n, r;
   row_position(a.g, m, &n, &r);
   const int64_t plane = static_cast<int64_t>(a.g.ho) * a.g.wo;
-  const float v = __fmaf_rn(a.alpha[oc], acc, a.bias[oc]);
+  float v = __fmaf_rn(a.alpha[oc], acc, a.bias[oc]);
+  if (a.side.any) v = side_epilogue<T>(a, n, r, plane, oc, v);
   static_cast<T*>(a.y)[(n * a.g.o + oc) * plane + r] = from_float<T>(v);
 }
 
@@ -383,7 +433,7 @@ __global__ void __launch_bounds__(kThreads, kMinBlocksPerSm) gemm_kernel(GemmArg
 
 cudaError_t launch_gemm(const Geometry& g, DType dtype, const int32_t* wbits, const int32_t* wzero,
                         const float* alpha, const float* bias, void* y, const Workspace& ws, Path path,
-                        cudaStream_t stream) {
+                        cudaStream_t stream, const SideArgs& side) {
   if (g.m == 0) return cudaSuccess;
   const int64_t row_blocks = (g.m + kBM - 1) / kBM;
   const int64_t col_blocks = (static_cast<int64_t>(g.o) + kBN - 1) / kBN;
@@ -397,6 +447,7 @@ cudaError_t launch_gemm(const Geometry& g, DType dtype, const int32_t* wbits, co
   args.y = y;
   args.ws = ws;
   args.force_popcount = path == Path::kPopcount ? 1 : 0;
+  args.side = side;
   const dim3 grid(static_cast<unsigned>(row_blocks), static_cast<unsigned>(col_blocks));
   if (dtype == DType::kFloat32) {
     gemm_kernel<float><<<grid, kThreads, 0, stream>>>(args);

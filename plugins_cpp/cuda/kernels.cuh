@@ -9,6 +9,7 @@
 
 #include <cuda_runtime_api.h>
 
+#include "bimaco/binary_ops_cuda.h"
 #include "bimaco/contract.h"
 
 namespace bimaco {
@@ -33,6 +34,8 @@ struct Geometry {
   int wpad = 0;                // words rounded up to kWordAlign: packed words per X pixel
   int64_t padded_pixels = 0;   // n * hp * wp
   int64_t m = 0;               // GEMM rows: n * ho * wo output pixels
+  int lr_rank = 0;             // LRMB rank of a fused layer (sizes the lrt workspace region)
+  bool linear_op = false;      // a BinaryLinear (its side branches add in the linear order)
 };
 
 // Fills `g` from a contract shape. Returns false when the shape is not a valid call
@@ -50,6 +53,7 @@ bool make_linear_geometry(const LinearShape& s, Geometry* g);
 //   xpop   int32 [pixels]     popcount of xbits (the AND-form MMA needs it)
 //   zpix   uint8 [pixels]     1 where that pixel has 0 < zeros < C: the GEMM tiles that
 //                             read such a pixel take the masked path, the others keep MMA
+//   lrt    float [n][lr_rank][h*w]  LRMB down projection of X (fused layers with an LRMB)
 struct Workspace {
   int32_t* flag = nullptr;
   uint32_t* xbits = nullptr;
@@ -57,6 +61,22 @@ struct Workspace {
   float* scale = nullptr;
   int32_t* xpop = nullptr;
   uint8_t* zpix = nullptr;
+  float* lrt = nullptr;
+};
+
+// The side branches as the GEMM epilogue reads them (SideBranches of the API plus the
+// layer input and the down projection in the workspace).
+struct SideArgs {
+  int any = 0;
+  int linear_order = 0;  // 1: core + LRMB + SMB (linear); 0: RPReLU(core) + SMB + LRMB (conv)
+  const void* x = nullptr;
+  const void* rprelu = nullptr;
+  const int32_t* smb_rowptr = nullptr;
+  const uint16_t* smb_col = nullptr;
+  const void* smb_val = nullptr;
+  int rank = 0;
+  const void* lr_up = nullptr;
+  const float* lrt = nullptr;
 };
 
 size_t workspace_bytes(const Geometry& g);
@@ -76,16 +96,21 @@ enum class Path : int { kAuto = 0, kPopcount = 1 };
 cudaError_t launch_pack(const Geometry& g, DType dtype, const void* x, const Workspace& ws,
                         cudaStream_t stream);
 
-// Stage 2: Y = bias + alpha * sum_taps s * dot over the packed X in ws.
+// Stage 1b (fused layers with an LRMB): ws.lrt = down X, per pixel of the unpadded input.
+cudaError_t launch_lrmb_down(const Geometry& g, DType dtype, const void* x, const void* down, const Workspace& ws,
+                             cudaStream_t stream);
+
+// Stage 2: Y = bias + alpha * sum_taps s * dot over the packed X in ws, then the side
+// branches of `side` (side.any == 0: none).
 cudaError_t launch_gemm(const Geometry& g, DType dtype, const int32_t* wbits, const int32_t* wzero,
                         const float* alpha, const float* bias, void* y, const Workspace& ws, Path path,
-                        cudaStream_t stream);
+                        cudaStream_t stream, const SideArgs& side = SideArgs());
 
-// Whole op on a prepared geometry: zero the flag, pack, GEMM. `workspace` must hold
-// workspace_bytes(g).
+// Whole op on a prepared geometry: zero the flag, pack, (down-project,) GEMM. `workspace`
+// must hold workspace_bytes(g) with g.lr_rank = the side branches' rank.
 cudaError_t run(const Geometry& g, DType dtype, const void* x, const int32_t* wbits, const int32_t* wzero,
                 const float* alpha, const float* bias, void* y, void* workspace, Path path,
-                cudaStream_t stream);
+                cudaStream_t stream, const SideBranches* side = nullptr);
 
 }  // namespace detail
 }  // namespace cuda

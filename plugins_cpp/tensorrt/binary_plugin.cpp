@@ -160,18 +160,24 @@ int32_t BinaryPlugin::configurePlugin(nvinfer1::DynamicPluginTensorDesc const* i
 
 int32_t BinaryPlugin::getOutputDataTypes(DataType* outputTypes, int32_t nbOutputs, DataType const* inputTypes,
                                          int32_t nbInputs) const noexcept {
-  if (nbOutputs != 1 || nbInputs < core::kMinInputs || nbInputs > core::kMaxInputs) {
-    log_error(mLayer + ": expected 4 or 5 inputs and 1 output, got " + std::to_string(nbInputs) + " and " +
-              std::to_string(nbOutputs));
+  try {
+    core::InputLayout layout;
+    core::Status st = core::input_layout(mParams, nbInputs, mLayer, &layout);
+    if (nbOutputs != 1 || !st.ok) {
+      log_error(st.ok ? mLayer + ": expected 1 output, got " + std::to_string(nbOutputs) : st.message);
+      return -1;
+    }
+    const core::TensorType y = core::output_type(to_core(inputTypes[0]));
+    if (y == core::TensorType::kOther) {
+      log_error(mLayer + ": input 0 (X) must be float32 or float16 (no int8/bf16/fp8 support in the binary kernels)");
+      return -1;
+    }
+    outputTypes[0] = inputTypes[0];  // Y has the dtype of X
+    return 0;
+  } catch (std::exception const& e) {
+    log_error(mLayer + ": getOutputDataTypes: " + e.what());
     return -1;
   }
-  const core::TensorType y = core::output_type(to_core(inputTypes[0]));
-  if (y == core::TensorType::kOther) {
-    log_error(mLayer + ": input 0 (X) must be float32 or float16 (no int8/bf16/fp8 support in the binary kernels)");
-    return -1;
-  }
-  outputTypes[0] = inputTypes[0];  // Y has the dtype of X
-  return 0;
 }
 
 int32_t BinaryPlugin::getOutputShapes(nvinfer1::DimsExprs const* inputs, int32_t nbInputs,
@@ -179,8 +185,10 @@ int32_t BinaryPlugin::getOutputShapes(nvinfer1::DimsExprs const* inputs, int32_t
                                       nvinfer1::DimsExprs* outputs, int32_t nbOutputs,
                                       nvinfer1::IExprBuilder& exprBuilder) noexcept {
   try {
-    if (nbOutputs != 1 || nbInputs < core::kMinInputs || nbInputs > core::kMaxInputs) {
-      log_error(mLayer + ": expected 4 or 5 inputs and 1 output");
+    core::InputLayout layout;
+    core::Status st = core::input_layout(mParams, nbInputs, mLayer, &layout);
+    if (nbOutputs != 1 || !st.ok) {
+      log_error(st.ok ? mLayer + ": expected 1 output, got " + std::to_string(nbOutputs) : st.message);
       return -1;
     }
     nvinfer1::DimsExprs const& x = inputs[0];
@@ -238,8 +246,9 @@ size_t BinaryPlugin::getWorkspaceSize(nvinfer1::DynamicPluginTensorDesc const* i
       log_error(st.message);
       return 0;
     }
-    return mParams.kind == core::OpKind::kConv2d ? cuda::conv2d_workspace_bytes(plan.conv)
-                                                 : cuda::linear_workspace_bytes(plan.linear);
+    const int rank = mParams.side.lrmb_rank;
+    return mParams.kind == core::OpKind::kConv2d ? cuda::conv2d_workspace_bytes(plan.conv, rank)
+                                                 : cuda::linear_workspace_bytes(plan.linear, rank);
   } catch (std::exception const& e) {
     log_error(mLayer + ": getWorkspaceSize: " + e.what());
     return 0;
@@ -300,12 +309,28 @@ int32_t BinaryPlugin::enqueue(nvinfer1::PluginTensorDesc const* inputDesc, nvinf
     const auto* wbits = static_cast<int32_t const*>(inputs[1]);
     const auto* alpha = static_cast<float const*>(inputs[2]);
     const auto* bias = static_cast<float const*>(inputs[3]);
-    const auto* wzero = plan->has_wzero ? static_cast<int32_t const*>(inputs[plan->layout.wzero]) : nullptr;
+    const core::InputLayout& l = plan->layout;
+    const auto* wzero = plan->has_wzero ? static_cast<int32_t const*>(inputs[l.wzero]) : nullptr;
+    // The side tables, where the layout puts them; smb_col's int32 words are read as the
+    // 16-bit entries they hold (contract.h).
+    cuda::SideBranches side;
+    if (l.rprelu >= 0) side.rprelu = inputs[l.rprelu];
+    if (l.smb_rowptr >= 0) {
+      side.smb_rowptr = static_cast<int32_t const*>(inputs[l.smb_rowptr]);
+      side.smb_col = static_cast<uint16_t const*>(inputs[l.smb_col]);
+      side.smb_val = inputs[l.smb_val];
+    }
+    if (l.lr_down >= 0) {
+      side.rank = plan->side.lrmb_rank;
+      side.lr_down = inputs[l.lr_down];
+      side.lr_up = inputs[l.lr_up];
+    }
+    cuda::SideBranches const* sidep = side.any() ? &side : nullptr;
     cudaError_t err = plan->kind == core::OpKind::kConv2d
                           ? cuda::binary_conv2d(plan->conv, plan->dtype, inputs[0], wbits, wzero, alpha, bias,
-                                                outputs[0], workspace, stream)
+                                                outputs[0], workspace, stream, sidep)
                           : cuda::binary_linear(plan->linear, plan->dtype, inputs[0], wbits, wzero, alpha, bias,
-                                                outputs[0], workspace, stream);
+                                                outputs[0], workspace, stream, sidep);
     if (err != cudaSuccess) {
       log_error(mLayer + ": kernel launch failed: " + cudaGetErrorString(err));
       return -1;

@@ -21,6 +21,12 @@
 namespace {
 std::atomic<long> g_allocations{0};
 }
+#if defined(__GNUC__) && !defined(__clang__) && __GNUC__ >= 11
+// These replacements pair malloc with free themselves; GCC, seeing free() inlined where
+// the standard allocator called operator new, reports a mismatch that is not one.
+#pragma GCC diagnostic push
+#pragma GCC diagnostic ignored "-Wmismatched-new-delete"
+#endif
 void* operator new(std::size_t n) {
   g_allocations.fetch_add(1, std::memory_order_relaxed);
   if (void* p = std::malloc(n ? n : 1)) return p;
@@ -28,6 +34,9 @@ void* operator new(std::size_t n) {
 }
 void operator delete(void* p) noexcept { std::free(p); }
 void operator delete(void* p, std::size_t) noexcept { std::free(p); }
+#if defined(__GNUC__) && !defined(__clang__) && __GNUC__ >= 11
+#pragma GCC diagnostic pop
+#endif
 
 using namespace bimaco;
 using namespace bimaco::core;
@@ -464,6 +473,120 @@ TEST(per_call_planning_does_not_allocate) {
   CHECK(g_allocations.load() > before_err);
 }
 
+// ------------------------------------------------------------------ fused side branches
+
+OpParams fused_conv(int c, bool rprelu, bool smb, int rank) {
+  OpParams p = conv_params(c, 3, 1, 1);
+  p.side.rprelu = rprelu;
+  p.side.smb = smb;
+  p.side.lrmb_rank = rank;
+  return p;
+}
+
+// X, Wbits, alpha, bias, [Wzero], rprelu, smb_rowptr, smb_col, smb_val, lr_down, lr_up.
+std::vector<TensorInfo> fused_inputs(int c, int o, int rank, int nnz, bool wzero, TensorType xt,
+                                     TensorType side_t) {
+  auto in = conv_inputs({2, c, 8, 8}, o, 3, c, xt, wzero);
+  in.push_back({{3, o}, side_t, true});
+  in.push_back({{o + 1}, TensorType::kInt32, true});
+  in.push_back({{(nnz + 1) / 2}, TensorType::kInt32, true});
+  in.push_back({{nnz}, side_t, true});
+  in.push_back({{rank, c}, side_t, true});
+  in.push_back({{o, rank}, side_t, true});
+  return in;
+}
+
+TEST(side_fields_roundtrip_and_key) {
+  const OpParams p = fused_conv(40, true, true, 8);
+  OpParams q;
+  CHECK(parse_fields(OpKind::kConv2d, views(serialize_fields(p)), "l", &q).ok);
+  CHECK(q == p && q.side.rprelu && q.side.smb && q.side.lrmb_rank == 8);
+  CHECK(!(q == fused_conv(40, true, true, 4)));
+  CHECK(params_key(p) != params_key(fused_conv(40, false, true, 8)));
+  CHECK(params_key(p) != params_key(conv_params(40, 3, 1, 1)));
+  OpParams lin = linear_params(192), lq;
+  lin.side.smb = true;
+  lin.side.lrmb_rank = 8;
+  CHECK(parse_fields(OpKind::kLinear, views(serialize_fields(lin)), "l", &lq).ok && lq == lin);
+  // absent side fields: the plain op (ONNX nodes written before the fused form existed)
+  std::vector<int32_t> c = {16}, k = {3, 3};
+  CHECK(parse_fields(OpKind::kConv2d, {ints_field("in_channels", c), ints_field("kernel_shape", k)}, "", &q).ok);
+  CHECK(!q.side.any());
+}
+
+TEST(side_fields_are_validated) {
+  std::vector<int32_t> c = {16}, k = {3, 3}, one = {1}, two = {2}, s2 = {2, 2}, big = {kMaxLrmbRank + 1};
+  OpParams q;
+  Status st = parse_fields(OpKind::kConv2d, {ints_field("in_channels", c), ints_field("kernel_shape", k),
+                                             ints_field("strides", s2), ints_field("smb", one)}, "down", &q);
+  CHECK(!st.ok);
+  CHECK_CONTAINS(st.message, "stride 1 and an output the size of the input");
+  // RPReLU alone needs no input at the output pixel: a strided layer may carry it
+  CHECK(parse_fields(OpKind::kConv2d, {ints_field("in_channels", c), ints_field("kernel_shape", k),
+                                       ints_field("strides", s2), ints_field("rprelu", one)}, "down", &q).ok);
+  st = parse_fields(OpKind::kConv2d, {ints_field("in_channels", c), ints_field("kernel_shape", k),
+                                      ints_field("lrmb_rank", big)}, "", &q);
+  CHECK(!st.ok);
+  CHECK_CONTAINS(st.message, "lrmb_rank must lie in");
+  st = parse_fields(OpKind::kConv2d, {ints_field("in_channels", c), ints_field("kernel_shape", k),
+                                      ints_field("smb", two)}, "", &q);
+  CHECK(!st.ok);
+  CHECK_CONTAINS(st.message, "must be 0 or 1");
+  st = parse_fields(OpKind::kLinear, {ints_field("in_features", c), ints_field("rprelu", one)}, "", &q);
+  CHECK(!st.ok);
+  CHECK_CONTAINS(st.message, "unknown field 'rprelu'");
+}
+
+TEST(side_inputs_layout_and_checks) {
+  const OpParams p = fused_conv(40, true, true, 8);
+  for (bool wz : {false, true}) {
+    auto in = fused_inputs(40, 24, 8, 79, wz, TensorType::kFloat16, TensorType::kFloat16);
+    InputLayout l;
+    CHECK(input_layout(p, static_cast<int>(in.size()), "", &l).ok);
+    const int b = wz ? 5 : 4;
+    CHECK(l.wzero == (wz ? 4 : -1) && l.rprelu == b && l.smb_rowptr == b + 1 && l.smb_col == b + 2 &&
+          l.smb_val == b + 3 && l.lr_down == b + 4 && l.lr_up == b + 5);
+    CHECK(check_inputs(p, in, "").ok);
+    LaunchPlan plan;
+    CHECK(plan_launch(p, in, "", &plan).ok && plan.smb_nnz == 79 && plan.side.lrmb_rank == 8);
+  }
+  auto in = fused_inputs(40, 24, 8, 79, false, TensorType::kFloat16, TensorType::kFloat16);
+  auto bad = in;
+  bad[6] = {{41}, TensorType::kInt32, true};  // smb_col: 79 entries take 40 words
+  Status st = check_inputs(p, bad, "l");
+  CHECK(!st.ok);
+  CHECK_CONTAINS(st.message, "input 6 (smb_col) has shape [41], expected [40]");
+  bad = in;
+  bad[4].type = TensorType::kFloat32;  // side parameters follow X (fp16 here)
+  st = check_inputs(p, bad, "l");
+  CHECK(!st.ok);
+  CHECK_CONTAINS(st.message, "input 4 (rprelu) is float32, expected float16");
+  bad = in;
+  bad[8] = {{8, 41}, TensorType::kFloat16, true};
+  CHECK(!check_inputs(p, bad, "l").ok);
+  bad = in;
+  bad.pop_back();  // lr_up missing
+  st = check_inputs(p, bad, "l");
+  CHECK(!st.ok);
+  CHECK_CONTAINS(st.message, "expected 10");
+}
+
+TEST(format_combinations_with_side_inputs) {
+  const OpParams p = fused_conv(40, true, true, 8);
+  auto io = fused_inputs(40, 24, 8, 79, true, TensorType::kFloat16, TensorType::kFloat16);
+  io.push_back({{2, 24, 8, 8}, TensorType::kFloat16, true});  // Y
+  const int n = static_cast<int>(io.size()) - 1;
+  for (int pos = 0; pos <= n; ++pos) CHECK(supports_combination(p, pos, io.data(), n, 1));
+  io[5].type = TensorType::kFloat32;  // rprelu must follow X
+  CHECK(!supports_combination(p, 5, io.data(), n, 1));
+  io[5].type = TensorType::kFloat16;
+  io[7].type = TensorType::kFloat16;  // smb_col stays int32
+  CHECK(!supports_combination(p, 7, io.data(), n, 1));
+  io[7].type = TensorType::kInt32;
+  io[2].type = TensorType::kFloat16;  // alpha stays float32
+  CHECK(!supports_combination(p, 2, io.data(), n, 1));
+}
+
 // ------------------------------------------------------------------ static registration bookkeeping
 
 // A registry with TensorRT's documented rules for registerCreator / deregisterCreator:
@@ -570,11 +693,43 @@ void dump_fields() {
   std::printf("}\n");
 }
 
+// Input positions per op, side-branch combination and Wzero presence, as JSON, for the
+// pytest that holds them to contract.OpSpec.layout.
+void dump_layouts() {
+  std::printf("[");
+  bool first = true;
+  for (OpKind kind : {OpKind::kConv2d, OpKind::kLinear})
+    for (int rp = 0; rp < 2; ++rp)
+      for (int smb = 0; smb < 2; ++smb)
+        for (int rank : {0, 4})
+          for (int wz = 0; wz < 2; ++wz) {
+            if (kind == OpKind::kLinear && rp) continue;
+            OpParams p = kind == OpKind::kConv2d ? conv_params(8, 3, 1, 1) : linear_params(8);
+            p.side.rprelu = rp;
+            p.side.smb = smb;
+            p.side.lrmb_rank = rank;
+            const int n = kMinInputs + wz + p.side.extra_inputs();
+            InputLayout l;
+            if (!input_layout(p, n, "", &l).ok) continue;
+            std::printf("%s{\"op\": \"%s\", \"rprelu\": %d, \"smb\": %d, \"lrmb_rank\": %d, \"n\": %d, "
+                        "\"positions\": {\"Wzero\": %d, \"rprelu\": %d, \"smb_rowptr\": %d, \"smb_col\": %d, "
+                        "\"smb_val\": %d, \"lr_down\": %d, \"lr_up\": %d}}",
+                        first ? "" : ", ", op_name(kind), rp, smb, rank, n, l.wzero, l.rprelu, l.smb_rowptr,
+                        l.smb_col, l.smb_val, l.lr_down, l.lr_up);
+            first = false;
+          }
+  std::printf("]\n");
+}
+
 }  // namespace
 
 int main(int argc, char** argv) {
   if (argc > 1 && std::strcmp(argv[1], "--dump-fields") == 0) {
     dump_fields();
+    return 0;
+  }
+  if (argc > 1 && std::strcmp(argv[1], "--dump-layouts") == 0) {
+    dump_layouts();
     return 0;
   }
   int failed_tests = 0;

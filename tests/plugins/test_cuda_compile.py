@@ -81,16 +81,17 @@ def compiled(tmp_path_factory: pytest.TempPathFactory) -> Dict[str, Compiled]:
 
 def test_cuda_sources_exist() -> None:
     names = {p.name for p in _sources()}
-    assert {"binary_ops.cu", "pack.cu", "gemm.cu", "selftest.cu"} <= names, names
+    assert {"binary_ops.cu", "pack.cu", "gemm.cu", "side.cu", "selftest.cu"} <= names, names
 
 
-@pytest.mark.parametrize("name", ["binary_ops.cu", "pack.cu", "gemm.cu", "selftest.cu"])
+@pytest.mark.parametrize("name", ["binary_ops.cu", "pack.cu", "gemm.cu", "side.cu", "selftest.cu"])
 def test_compiles_without_warnings_for_all_archs(compiled: Dict[str, Compiled], name: str) -> None:
     result = compiled[name]
     assert result.returncode == 0, f"nvcc failed on plugins_cpp/cuda/{name} for sm_{ARCHS}:\n{result.output}"
     assert not re.search(r"warning[^\n]*spill", result.output, re.I), f"register spills in {name}:\n{result.output}"
     spills = re.findall(r"(\d+) bytes spill stores, (\d+) bytes spill loads", result.output)
-    assert spills, f"no ptxas resource report for {name}"
+    if "__global__" in (CUDA_DIR / name).read_text():  # files with kernels get a ptxas report
+        assert spills, f"no ptxas resource report for {name}"
     assert all(a == "0" and b == "0" for a, b in spills), f"register spills in {name}:\n{result.output}"
 
 

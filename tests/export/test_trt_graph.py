@@ -152,21 +152,43 @@ def tiny():
     return load_config(_need("config.yaml")), state_to_numpy(read_state_dict(_need("bimacosr_tiny.pth")))
 
 
+def check_fused_structure(model: onnx.ModelProto) -> None:
+    """A fused unet.onnx: every binary layer one node carrying its side branches, whose
+    tables are initializers (plugin inputs TensorRT fills once), and no standard-op side
+    branch left (no SMB gather, no RPReLU, no LRMB Conv/MatMul)."""
+    inits = {t.name for t in model.graph.initializer}
+    custom = [n for n in model.graph.node if n.domain == contract.DOMAIN]
+    for n in custom:
+        attrs = {a.name: onnx.helper.get_attribute_value(a) for a in n.attribute}
+        spec = contract.OPS[n.op_type]
+        layout = spec.layout(attrs, len(n.input))
+        assert attrs.get("smb") or attrs.get("rprelu"), n.name  # every layer has RPReLU or an SMB
+        assert all(n.input[i] in inits for name, i in layout.items() if name != "X"), n.name
+    names = [n.name or "" for n in model.graph.node]
+    for part in ("/smb_gather", "/rprelu", "/lrmb_down", "/lrmb_up", "smb_table/"):
+        assert not any(part in nm for nm in names), part
+
+
+@pytest.mark.parametrize("fuse", [True, False], ids=["fused", "standard"])
 @pytest.mark.parametrize("dtype", [np.float32, np.float16], ids=["fp32", "fp16"])
-def test_tiny_unet_onnx_is_tensorrt_10x_clean(tiny, dtype):
+def test_tiny_unet_onnx_is_tensorrt_10x_clean(tiny, dtype, fuse):
     from bimaco_deploy.export.unet_graph import build_unet_graph
 
     cfg, state = tiny
-    model = build_unet_graph(cfg.unet, state, float_dtype=dtype).model
+    model = build_unet_graph(cfg.unet, state, float_dtype=dtype, fuse_side_branches=fuse).model
     assert trt_graph_problems(model) == []
     counts = op_counts(model)
-    print(f"tiny unet.onnx ({np.dtype(dtype).name}) ops: {sorted(counts.items())}")
+    print(f"tiny unet.onnx ({np.dtype(dtype).name}, {'fused' if fuse else 'standard'}): {len(model.graph.node)} "
+          f"nodes: {sorted(counts.items())}")
     assert counts.get(f"{contract.DOMAIN}:{contract.CONV_OP}") == 117
+    if fuse:
+        check_fused_structure(model)
+        assert "PRelu" not in counts and "ReduceSum" not in counts
 
 
 @pytest.mark.slow
 def test_published_unet_onnx_is_tensorrt_10x_clean():
-    """The published architecture (random weights: the structure is what counts here)."""
+    """The published architecture (random weights: the structure is what counts here), both forms."""
     from bimaco_deploy.export.layer_params import state_to_numpy
     from bimaco_deploy.export.unet_graph import build_unet_graph
     from bimaco_deploy.models import load_config, load_unet
@@ -175,10 +197,14 @@ def test_published_unet_onnx_is_tensorrt_10x_clean():
     model = load_unet(cfg, None, seed=0)
     state = state_to_numpy(model.state_dict())
     del model
-    onnx_model = build_unet_graph(cfg.unet, state).model
-    del state
-    assert trt_graph_problems(onnx_model) == []
-    counts = op_counts(onnx_model)
-    print(f"published unet.onnx ops: {sorted(counts.items())}")
-    assert counts.get(f"{contract.DOMAIN}:{contract.CONV_OP}", 0) + counts.get(
-        f"{contract.DOMAIN}:{contract.LINEAR_OP}", 0) == 178
+    for fuse in (True, False):
+        onnx_model = build_unet_graph(cfg.unet, state, fuse_side_branches=fuse).model
+        assert trt_graph_problems(onnx_model) == []
+        counts = op_counts(onnx_model)
+        print(f"published unet.onnx ({'fused' if fuse else 'standard'}): {len(onnx_model.graph.node)} nodes: "
+              f"{sorted(counts.items())}")
+        assert counts.get(f"{contract.DOMAIN}:{contract.CONV_OP}", 0) + counts.get(
+            f"{contract.DOMAIN}:{contract.LINEAR_OP}", 0) == 178
+        if fuse:
+            check_fused_structure(onnx_model)
+        del onnx_model

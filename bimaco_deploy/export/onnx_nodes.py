@@ -50,7 +50,8 @@ def fused_side_inputs(gb: GraphBuilder, layer: BinaryLayer) -> Tuple[Dict[str, i
     """(attributes, inputs) of the side branches a fused node carries (contract order).
 
     Float tables in the graph's dtype (the contract: side parameters follow X), SMB as its
-    CSR (int32 row starts, 16-bit column pairs, values), LRMB as its two factors. A strided
+    CSR (16-bit row starts and columns, two per int32 word, and values), LRMB as its two
+    factors. A strided
     conv keeps only RPReLU: its shortcut is the average pool outside the node.
     """
     n = layer.name
@@ -64,10 +65,10 @@ def fused_side_inputs(gb: GraphBuilder, layer: BinaryLayer) -> Tuple[Dict[str, i
     smb = layer.smb if reads_input else None
     if smb is not None and smb.nnz > 0:
         attrs["smb"] = 1
-        rowptr = np.concatenate([[0], np.cumsum(smb.counts)]).astype(np.int32)
+        rowptr, cols = contract.smb_csr(smb.counts, smb.cols)
         ins += [
             gb.initializer(f"{n}.smb_rowptr", rowptr),
-            gb.initializer(f"{n}.smb_col", contract.pack_smb_cols(smb.cols)),
+            gb.initializer(f"{n}.smb_col", cols),
             gb.weight(f"{n}.smb_val", smb.values),
         ]
     if layer.lrmb is not None and reads_input:

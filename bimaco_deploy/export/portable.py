@@ -155,11 +155,12 @@ def expand_side_branches(gb: GraphBuilder, node: onnx.NodeProto, core: str, cons
         y = gb.op("Add", [y, b1], outputs=[out] if not (has_smb or has_lrmb) else 1, name=f"{name}/rprelu_b1")
 
     def smb_branch() -> str:
-        rowptr = np.asarray(consts(ins[at["smb_rowptr"]]), np.int64)
-        rows, nnz = rowptr.size - 1, int(rowptr[-1])
+        rows = int(consts(ins[at["alpha"]]).shape[0])  # O
+        rowptr = contract.unpack_halves(consts(ins[at["smb_rowptr"]]), rows + 1)
+        nnz = int(rowptr[-1])
         width = max(int(np.diff(rowptr).max(initial=0)), 1)
         idx2d, value = emit_csr_decode(gb, ins[at["smb_rowptr"]], ins[at["smb_col"]], ins[at["smb_val"]], rows, nnz,
-                                       width, f"{name}/smb_table")
+                                       width, f"{name}/smb_table", rowptr_halves=True)
         idx = gb.reshape(idx2d, [-1], name=f"{name}/smb_index")
         # a linear node's output has its input's rank (the exporter declares it)
         x_rank = 4 if conv else _rank_of(gb, out)

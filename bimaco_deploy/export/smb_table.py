@@ -7,7 +7,7 @@ without fused side branches. (Fused, the plugin reads each layer's CSR directly:
 * ``smb_table.rowptr``: int32 [rows + 1], where each output row's nonzeros start
   (rows of all layers, in graph order), so no running sum is needed to find them;
 * ``smb_table.cols``: every nonzero's input index, 16 bits each, two per int32 word
-  (:func:`~bimaco_deploy.plugins.contract.pack_smb_cols`);
+  (:func:`~bimaco_deploy.plugins.contract.pack_halves`);
 * ``smb_table.values``: the nonzero values in the graph's float dtype.
 
 A small subgraph of int32 elementwise ops and Gathers, emitted once, turns this into two
@@ -39,17 +39,29 @@ def i32(gb: GraphBuilder, value) -> str:
     return gb.const(np.asarray(value, dtype=np.int32))
 
 
+def _halves(gb: GraphBuilder, words: str, pos: str, name: str, out: str = "") -> str:
+    """Entries ``pos`` (int32, any shape) of a table of 16-bit entries packed two per word."""
+    word = gb.op("Gather", [words, gb.op("Div", [pos, i32(gb, 2)], name=f"{name}/word_of")], axis=0, name=f"{name}/word")
+    half = gb.op("Mod", [pos, i32(gb, 2)], name=f"{name}/half")
+    shift = gb.op("Gather", [i32(gb, [1, 1 << contract.HALF_BITS]), half], axis=0, name=f"{name}/shift")
+    shifted = gb.op("Div", [word, shift], name=f"{name}/shifted")
+    return gb.op("Mod", [shifted, i32(gb, 1 << contract.HALF_BITS)], outputs=[out] if out else 1, name=f"{name}/entry")
+
+
 def emit_csr_decode(gb: GraphBuilder, rowptr: str, col_words: str, values: str, rows: int, nnz: int, width: int,
-                    name: str, *, index_out: str = "", value_out: str = "") -> Tuple[str, str]:
+                    name: str, *, rowptr_halves: bool = False, index_out: str = "", value_out: str = "") -> Tuple[str, str]:
     """Standard ops: a CSR table -> (index [rows, width] int32, value [rows, width]).
 
-    ``rowptr`` int32 [rows + 1], ``col_words`` int32 [ceil(nnz / 2)] (two 16-bit column
-    indices per word), ``values`` [nnz]. Slot j of row o holds entry rowptr[o] + j when
-    j < count(o); the other slots read an appended (column 0, value 0) entry, so they add
-    exactly 0. Only int32 elementwise ops and Gathers: see the module docstring.
+    ``rowptr``: int32 [rows + 1], or with ``rowptr_halves`` 16-bit entries two per word (a
+    fused node's); ``col_words`` int32 [ceil(nnz / 2)] (two 16-bit column indices per
+    word), ``values`` [nnz]. Slot j of row o holds entry rowptr[o] + j when j < count(o);
+    the other slots read an appended (column 0, value 0) entry, so they add exactly 0.
+    Only int32 elementwise ops and Gathers: see the module docstring.
     """
     if nnz >= 2**31 - 2:
         raise ValueError(f"{nnz} SMB nonzeros do not fit the int32 index arithmetic of the table")
+    if rowptr_halves:
+        rowptr = _halves(gb, rowptr, i32(gb, np.arange(rows + 1)), f"{name}/rowptr")
     start = gb.op("Slice", [rowptr, gb.i64([0]), gb.i64([rows]), gb.i64([0])], name=f"{name}/row_start")
     end = gb.op("Slice", [rowptr, gb.i64([1]), gb.i64([rows + 1]), gb.i64([0])], name=f"{name}/row_end")
     cnt = gb.op("Sub", [end, start], name=f"{name}/row_count")
@@ -57,15 +69,9 @@ def emit_csr_decode(gb: GraphBuilder, rowptr: str, col_words: str, values: str, 
     valid = gb.op("Less", [slot, gb.op("Unsqueeze", [cnt, gb.i64([1])], name=f"{name}/count_col")], name=f"{name}/valid")
     pos = gb.op("Add", [gb.op("Unsqueeze", [start, gb.i64([1])], name=f"{name}/start_col"), slot], name=f"{name}/slot_pos")
     pos = gb.op("Where", [valid, pos, i32(gb, nnz)], name=f"{name}/pos")
-    # entry e is bits 16*(e % 2) .. +15 of word e // 2 (words are non-negative); one zero
-    # word appended so that the padding entry nnz always has a word to read
+    # one zero word appended so that the padding entry nnz always has a word to read
     words = gb.op("Concat", [col_words, i32(gb, [0])], axis=0, name=f"{name}/cols_ext")
-    word = gb.op("Gather", [words, gb.op("Div", [pos, i32(gb, 2)], name=f"{name}/word_of")], axis=0, name=f"{name}/word")
-    half = gb.op("Mod", [pos, i32(gb, 2)], name=f"{name}/half")
-    shift = gb.op("Gather", [i32(gb, [1, 1 << contract.SMB_COL_BITS]), half], axis=0, name=f"{name}/shift")
-    shifted = gb.op("Div", [word, shift], name=f"{name}/shifted")
-    index = gb.op("Mod", [shifted, i32(gb, 1 << contract.SMB_COL_BITS)], outputs=[index_out] if index_out else 1,
-                  name=f"{name}/index")
+    index = _halves(gb, words, pos, f"{name}/col", out=index_out)
     vals_ext = gb.op("Concat", [values, gb.fconst([0.0])], axis=0, name=f"{name}/values_ext")
     value = gb.op("Gather", [vals_ext, pos], axis=0, outputs=[value_out] if value_out else 1, name=f"{name}/value")
     return index, value  # type: ignore[return-value]
@@ -116,7 +122,7 @@ class SmbTable:
         width = max(e.row_width for e in self.entries)
         rowptr = np.concatenate([[0], np.cumsum(counts)]).astype(np.int32)
         emit_csr_decode(
-            gb, gb.initializer("smb_table.rowptr", rowptr), gb.initializer("smb_table.cols", contract.pack_smb_cols(cols)),
+            gb, gb.initializer("smb_table.rowptr", rowptr), gb.initializer("smb_table.cols", contract.pack_halves(cols)),
             gb.weight("smb_table.values", values), rows, nnz, width, "smb_table",
             index_out=self.index2d, value_out=self.value2d,
         )

@@ -33,10 +33,11 @@ order); ``LRMB(X) = up (down X)`` over the channel axis (rank ``lrmb_rank``). Ea
 is summed on its own, then added. SMB and LRMB read X at the output's own pixel: a conv
 that carries them has stride 1 and an output the size of its input. The extra inputs
 follow bias (and Wzero, when present) in this order, as many as the attributes announce:
-``rprelu`` [3, O] (rows b0, slope, b1), ``smb_rowptr`` int32 [O + 1], ``smb_col`` int32
-[ceil(nnz / 2)] (:func:`pack_smb_cols`), ``smb_val`` [nnz], ``lr_down`` [r, C], ``lr_up``
-[O, r]; the float ones in X's dtype. The CPU ops ``binary_conv2d_fused`` /
-``binary_linear_fused`` compute the same maths (int16 column table, float32 only).
+``rprelu`` [3, O] (rows b0, slope, b1), ``smb_rowptr`` int32 [ceil((O + 1) / 2)] and
+``smb_col`` int32 [ceil(nnz / 2)] (16-bit row starts and column indices, two per word:
+:func:`smb_csr`), ``smb_val`` [nnz], ``lr_down`` [r, C], ``lr_up`` [O, r]; the float ones
+in X's dtype. The CPU ops ``binary_conv2d_fused`` / ``binary_linear_fused`` compute the
+same maths (int32 row starts, int16 column table, float32 only).
 """
 
 from __future__ import annotations
@@ -243,34 +244,49 @@ def unpack_weight_signs(bits: np.ndarray, channels: int, zero: Optional[np.ndarr
     return sgn
 
 
-# --------------------------------------------------------------------------- SMB column tables
+# --------------------------------------------------------------------------- 16-bit tables
 
-#: An SMB column index (input channel) takes 16 bits: two per int32 word, entry 2j in bits
+#: The fused SMB's index tables hold 16-bit entries, two per int32 word: entry 2j in bits
 #: 0-15 and entry 2j+1 in bits 16-31 of word j. On a little-endian machine these words are
-#: byte for byte an int16 array, the CPU kernels' column table. Channel counts stay below
+#: byte for byte an int16 array (the CPU kernels' column table is one). Entries stay below
 #: 2^15, so every word is non-negative and standard int32 Div/Mod can take it apart.
-SMB_COL_BITS = 16
+HALF_BITS = 16
+#: SMB column indices are input channels below this.
 SMB_MAX_CHANNELS = 1 << 15
+#: A fused node's SMB row starts run up to its entry count: at most this many entries.
+SMB_MAX_ENTRIES = (1 << 15) - 1
 
 
-def pack_smb_cols(cols: np.ndarray) -> np.ndarray:
-    """Column indices [n] (each in [0, 2^15)) -> int32 words [ceil(n/2)], two per word."""
-    c = np.asarray(cols, dtype=np.int64).reshape(-1)
-    if c.size and (c.min() < 0 or c.max() >= SMB_MAX_CHANNELS):
-        raise ValueError(f"SMB column indices must lie in [0, {SMB_MAX_CHANNELS}), got {c.min()}..{c.max()}")
+def pack_halves(values: np.ndarray) -> np.ndarray:
+    """Integers [n] (each in [0, 2^15)) -> int32 words [ceil(n/2)], two 16-bit entries per word."""
+    c = np.asarray(values, dtype=np.int64).reshape(-1)
+    if c.size and (c.min() < 0 or c.max() >= 1 << 15):
+        raise ValueError(f"16-bit table entries must lie in [0, {1 << 15}), got {c.min()}..{c.max()}")
     padded = np.zeros(2 * ((c.size + 1) // 2), np.int64)
     padded[: c.size] = c
     pairs = padded.reshape(-1, 2)
-    return (pairs[:, 0] | (pairs[:, 1] << SMB_COL_BITS)).astype(np.int32)
+    return (pairs[:, 0] | (pairs[:, 1] << HALF_BITS)).astype(np.int32)
 
 
-def unpack_smb_cols(words: np.ndarray, count: int) -> np.ndarray:
-    """Inverse of :func:`pack_smb_cols`: the first ``count`` column indices, int64."""
+def unpack_halves(words: np.ndarray, count: int) -> np.ndarray:
+    """Inverse of :func:`pack_halves`: the first ``count`` entries, int64."""
     w = np.asarray(words, dtype=np.int64).reshape(-1)
     if w.size != (count + 1) // 2:
-        raise ValueError(f"{w.size} words do not hold exactly {count} SMB columns (need {(count + 1) // 2})")
-    both = np.stack([w & 0xFFFF, (w >> SMB_COL_BITS) & 0xFFFF], axis=1).reshape(-1)
+        raise ValueError(f"{w.size} words do not hold exactly {count} 16-bit entries (need {(count + 1) // 2})")
+    both = np.stack([w & 0xFFFF, (w >> HALF_BITS) & 0xFFFF], axis=1).reshape(-1)
     return both[:count]
+
+
+def smb_csr(counts: np.ndarray, cols: np.ndarray) -> Tuple[np.ndarray, np.ndarray]:
+    """A fused node's SMB index tables from per-row counts and the entries' columns:
+    (smb_rowptr, smb_col), both 16-bit entries packed by :func:`pack_halves`."""
+    counts = np.asarray(counts, np.int64)
+    nnz = int(counts.sum())
+    if nnz > SMB_MAX_ENTRIES:
+        raise ValueError(f"{nnz} SMB entries in one layer exceed the fused form's {SMB_MAX_ENTRIES}")
+    if np.size(cols) and int(np.max(cols)) >= SMB_MAX_CHANNELS:
+        raise ValueError(f"SMB column {int(np.max(cols))} is beyond the {SMB_MAX_CHANNELS} channels a table holds")
+    return pack_halves(np.concatenate([[0], np.cumsum(counts)])), pack_halves(cols)
 
 
 # --------------------------------------------------------------------------- shapes
@@ -357,7 +373,7 @@ def side_branches_reference(
 
     ``x``: the layer input ([N, C, H, W] or [..., K]); ``core``: the contract op's output
     (same pixel grid for conv: stride 1, same size, whenever SMB or LRMB is given);
-    ``smb_col`` packed as :func:`pack_smb_cols` writes it. Order as the module docstring.
+    ``smb_rowptr`` / ``smb_col`` as :func:`smb_csr` writes them. Order as the module docstring.
     """
     out_dtype = core.dtype
     xf = np.asarray(x, np.float64)
@@ -371,9 +387,9 @@ def side_branches_reference(
         return np.asarray(v, np.float64).reshape(shape)
 
     def smb() -> np.ndarray:
-        rowptr = np.asarray(smb_rowptr, np.int64)
+        rowptr = unpack_halves(smb_rowptr, o + 1)
         nnz = int(rowptr[-1])
-        cols = unpack_smb_cols(smb_col, nnz)
+        cols = unpack_halves(smb_col, nnz)
         vals = np.asarray(smb_val, np.float64)
         out = np.zeros_like(y)
         for oc in range(o):

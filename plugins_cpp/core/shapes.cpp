@@ -63,8 +63,14 @@ Status check_side_inputs(const OpParams& p, const InputLayout& l, const TensorIn
       return Status::Error(where(p, layer) + ": input " + std::to_string(l.smb_val) + " (smb_val) has shape " +
                            dims_str(in[l.smb_val].dims) + ", expected [nnz]");
     }
-    const int64_t o1 = o < 0 ? -1 : o + 1, words = nnz < 0 ? -1 : (nnz + 1) / 2;
-    if (!(st = check_dims(p, layer, l.smb_rowptr, "smb_rowptr", in[l.smb_rowptr], {o1})).ok) return st;
+    if (nnz > kSmbMaxEntries) {
+      return Status::Error(where(p, layer) + ": input " + std::to_string(l.smb_val) + " (smb_val) has " +
+                           std::to_string(nnz) + " entries; a node's 16-bit row starts hold at most " +
+                           std::to_string(kSmbMaxEntries));
+    }
+    // 16-bit row starts and columns, two per int32 word (contract.h)
+    const int64_t o_words = o < 0 ? -1 : (o + 2) / 2, words = nnz < 0 ? -1 : (nnz + 1) / 2;
+    if (!(st = check_dims(p, layer, l.smb_rowptr, "smb_rowptr", in[l.smb_rowptr], {o_words})).ok) return st;
     if (!(st = check_dims(p, layer, l.smb_col, "smb_col", in[l.smb_col], {words})).ok) return st;
     if (!(st = check_type(p, layer, l.smb_rowptr, "smb_rowptr", in[l.smb_rowptr], TensorType::kInt32)).ok) return st;
     if (!(st = check_type(p, layer, l.smb_col, "smb_col", in[l.smb_col], TensorType::kInt32)).ok) return st;

@@ -71,7 +71,7 @@ struct SideArgs {
   int linear_order = 0;  // 1: core + LRMB + SMB (linear); 0: RPReLU(core) + SMB + LRMB (conv)
   const void* x = nullptr;
   const void* rprelu = nullptr;
-  const int32_t* smb_rowptr = nullptr;
+  const uint16_t* smb_rowptr = nullptr;
   const uint16_t* smb_col = nullptr;
   const void* smb_val = nullptr;
   int rank = 0;

@@ -54,7 +54,7 @@ struct Case {
   std::vector<int32_t> wbits, wzero;  // wzero empty: no weight zero mask
   // Fused side branches (empty: absent), values already rounded to the dtype.
   std::vector<float> rprelu;     // [3][O]
-  std::vector<int32_t> rowptr;   // [O + 1]
+  std::vector<uint16_t> rowptr;  // [O + 1]
   std::vector<uint16_t> cols;    // [nnz]
   std::vector<float> vals;       // [nnz]
   int rank = 0;
@@ -148,7 +148,7 @@ Case make_case(const Spec& sp, std::mt19937& rng) {
     std::uniform_int_distribution<int> pick_o(0, s.o - 1), pick_c(0, s.c - 1);
     for (int e = 0; e < nnz; ++e) ++count[std::min(pick_o(rng), pick_o(rng))];
     k.rowptr.assign(s.o + 1, 0);
-    for (int o = 0; o < s.o; ++o) k.rowptr[o + 1] = k.rowptr[o] + count[o];
+    for (int o = 0; o < s.o; ++o) k.rowptr[o + 1] = static_cast<uint16_t>(k.rowptr[o] + count[o]);
     k.cols.resize(nnz);
     k.vals.resize(nnz);
     for (int e = 0; e < nnz; ++e) {
@@ -295,7 +295,7 @@ int run_case(const Case& k, cudaStream_t stream, bool verbose) {
   void* d_down = upload_float(k.down);
   void* d_up = upload_float(k.up);
   side.rprelu = d_rp;
-  side.smb_rowptr = static_cast<const int32_t*>(d_rowptr);
+  side.smb_rowptr = static_cast<const uint16_t*>(d_rowptr);
   side.smb_col = static_cast<const uint16_t*>(d_cols);
   side.smb_val = d_vals;
   side.rank = k.rank;

@@ -311,12 +311,12 @@ int32_t BinaryPlugin::enqueue(nvinfer1::PluginTensorDesc const* inputDesc, nvinf
     const auto* bias = static_cast<float const*>(inputs[3]);
     const core::InputLayout& l = plan->layout;
     const auto* wzero = plan->has_wzero ? static_cast<int32_t const*>(inputs[l.wzero]) : nullptr;
-    // The side tables, where the layout puts them; smb_col's int32 words are read as the
-    // 16-bit entries they hold (contract.h).
+    // The side tables, where the layout puts them; the SMB index tables' int32 words are
+    // read as the 16-bit entries they hold (contract.h).
     cuda::SideBranches side;
     if (l.rprelu >= 0) side.rprelu = inputs[l.rprelu];
     if (l.smb_rowptr >= 0) {
-      side.smb_rowptr = static_cast<int32_t const*>(inputs[l.smb_rowptr]);
+      side.smb_rowptr = static_cast<uint16_t const*>(inputs[l.smb_rowptr]);
       side.smb_col = static_cast<uint16_t const*>(inputs[l.smb_col]);
       side.smb_val = inputs[l.smb_val];
     }

@@ -488,7 +488,7 @@ std::vector<TensorInfo> fused_inputs(int c, int o, int rank, int nnz, bool wzero
                                      TensorType side_t) {
   auto in = conv_inputs({2, c, 8, 8}, o, 3, c, xt, wzero);
   in.push_back({{3, o}, side_t, true});
-  in.push_back({{o + 1}, TensorType::kInt32, true});
+  in.push_back({{(o + 2) / 2}, TensorType::kInt32, true});  // o + 1 row starts, two per word
   in.push_back({{(nnz + 1) / 2}, TensorType::kInt32, true});
   in.push_back({{nnz}, side_t, true});
   in.push_back({{rank, c}, side_t, true});
@@ -561,6 +561,15 @@ TEST(side_inputs_layout_and_checks) {
   st = check_inputs(p, bad, "l");
   CHECK(!st.ok);
   CHECK_CONTAINS(st.message, "input 4 (rprelu) is float32, expected float16");
+  bad = in;
+  bad[5] = {{25}, TensorType::kInt32, true};  // smb_rowptr: 25 row starts take 13 words
+  st = check_inputs(p, bad, "l");
+  CHECK(!st.ok);
+  CHECK_CONTAINS(st.message, "input 5 (smb_rowptr) has shape [25], expected [13]");
+  auto big = fused_inputs(40, 24, 8, kSmbMaxEntries + 1, false, TensorType::kFloat16, TensorType::kFloat16);
+  st = check_inputs(p, big, "l");
+  CHECK(!st.ok);
+  CHECK_CONTAINS(st.message, "16-bit row starts");
   bad = in;
   bad[8] = {{8, 41}, TensorType::kFloat16, true};
   CHECK(!check_inputs(p, bad, "l").ok);

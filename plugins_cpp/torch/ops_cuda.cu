@@ -101,7 +101,11 @@ void prepare_side(const at::Tensor& x, int64_t o, int64_t c, const OptTensor& rp
                 col->scalar_type(), " ", col->sizes());
     check_same_device(x, *rowptr, op, "smb_rowptr");
     check_same_device(x, *col, op, "smb_col");
-    hold->rowptr = rowptr->contiguous();
+    TORCH_CHECK(col->size(0) <= bimaco::kSmbMaxEntries, op, ": ", col->size(0), " SMB entries exceed the ",
+                bimaco::kSmbMaxEntries, " the 16-bit row starts of the CUDA kernels hold");
+    // the kernels read 16-bit row starts (the TensorRT plugin's input layout); every start
+    // is at most nnz, so the narrowing is exact
+    hold->rowptr = rowptr->to(at::kShort).contiguous();
     hold->col = col->contiguous();
     hold->val = floats(*val, {col->size(0)}, "smb_val");
     // The table itself lives on the device; bad entries would read out of bounds. The
@@ -109,7 +113,7 @@ void prepare_side(const at::Tensor& x, int64_t o, int64_t c, const OptTensor& rp
     // cost a device-to-host copy per call.
     TORCH_CHECK(c <= bimaco::kSmbMaxChannels, op, ": SMB columns hold at most ", bimaco::kSmbMaxChannels,
                 " input channels, got ", c);
-    side->smb_rowptr = hold->rowptr.data_ptr<int32_t>();
+    side->smb_rowptr = reinterpret_cast<const uint16_t*>(hold->rowptr.data_ptr<int16_t>());
     side->smb_col = reinterpret_cast<const uint16_t*>(hold->col.data_ptr<int16_t>());
     side->smb_val = hold->val.data_ptr();
   }

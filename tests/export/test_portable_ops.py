@@ -216,18 +216,18 @@ def test_custom_node_follows_the_contract_for_tensorrt():
 
 
 @pytest.mark.parametrize("count", [0, 1, 2, 7, 1000])
-def test_smb_columns_pack_two_per_word(count):
+def test_16_bit_tables_pack_two_per_word(count):
     rng = np.random.default_rng(count)
     cols = rng.integers(0, contract.SMB_MAX_CHANNELS, count)
     if count:
         cols[0] = contract.SMB_MAX_CHANNELS - 1  # the widest index keeps the word non-negative
-    words = contract.pack_smb_cols(cols)
+    words = contract.pack_halves(cols)
     assert words.dtype == np.int32 and words.size == (count + 1) // 2 and (words >= 0).all()
-    np.testing.assert_array_equal(contract.unpack_smb_cols(words, count), cols)
+    np.testing.assert_array_equal(contract.unpack_halves(words, count), cols)
     # byte for byte the int16 column table of the CPU kernels (little-endian)
     np.testing.assert_array_equal(words.view("<i2")[:count], cols.astype(np.int16))
     with pytest.raises(ValueError):
-        contract.pack_smb_cols([contract.SMB_MAX_CHANNELS])
+        contract.pack_halves([contract.SMB_MAX_CHANNELS])
 
 
 def test_smb_table_decode_matches_the_rows():

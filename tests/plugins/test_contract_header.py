@@ -34,8 +34,9 @@ def test_header_constants_match_contract_py():
     assert c["kPluginVersion"] == contract.PLUGIN_VERSION
     assert c["kPluginNamespace"] == contract.PLUGIN_NAMESPACE
     assert c["kConvOpName"] == contract.CONV_OP and c["kLinearOpName"] == contract.LINEAR_OP
-    assert c["kSmbColBits"] == contract.SMB_COL_BITS
+    assert c["kHalfBits"] == contract.HALF_BITS
     assert c["kSmbMaxChannels"] == contract.SMB_MAX_CHANNELS
+    assert c["kSmbMaxEntries"] == contract.SMB_MAX_ENTRIES
     assert c["kMaxLrmbRank"] == contract.MAX_LRMB_RANK
     side = {c["kAttrRprelu"], c["kAttrSmb"], c["kAttrLrmbRank"]}
     assert side == set(contract.SIDE_INPUTS)

@@ -34,8 +34,7 @@ def _tables(rng: np.random.Generator, o: int, c: int, *, rprelu: bool, smb: bool
     if smb:
         nnz = 2 * max(o, c)
         rows = np.sort(rng.integers(0, o, nnz))
-        out["smb_rowptr"] = np.concatenate([[0], np.cumsum(np.bincount(rows, minlength=o))]).astype(np.int32)
-        out["smb_col"] = contract.pack_smb_cols(rng.integers(0, c, nnz))
+        out["smb_rowptr"], out["smb_col"] = contract.smb_csr(np.bincount(rows, minlength=o), rng.integers(0, c, nnz))
         out["smb_val"] = (0.3 * rng.standard_normal(nnz)).astype(np.float32)
     if rank:
         out["lr_down"] = (0.2 * rng.standard_normal((rank, c))).astype(np.float32)
@@ -43,16 +42,17 @@ def _tables(rng: np.random.Generator, o: int, c: int, *, rprelu: bool, smb: bool
     return out
 
 
-def _op_args(t: dict, conv: bool, device: str = "cpu", dtype=torch.float32) -> list:
-    """The fused torch op's side arguments from contract tables (column pairs -> int16 entries)."""
+def _op_args(t: dict, conv: bool, o: int, device: str = "cpu", dtype=torch.float32) -> list:
+    """The fused torch op's side arguments from contract tables: int32 row starts [O + 1] and
+    the int16 column table, which the contract's column words are byte for byte."""
     def f(name):
         return None if name not in t else torch.from_numpy(t[name]).to(device=device, dtype=dtype)
 
     rowptr = col = val = None
     if "smb_rowptr" in t:
-        nnz = int(t["smb_rowptr"][-1])
-        rowptr = torch.from_numpy(t["smb_rowptr"]).to(device)
-        # the contract's words are the int16 column table byte for byte (little-endian)
+        starts = contract.unpack_halves(t["smb_rowptr"], o + 1)
+        nnz = int(starts[-1])
+        rowptr = torch.from_numpy(starts.astype(np.int32)).to(device)
         col = torch.from_numpy(t["smb_col"].view("<i2")[:nnz].copy()).to(device)
         val = f("smb_val")
     side = [rowptr, col, val, f("lr_down"), f("lr_up")]
@@ -91,7 +91,7 @@ def test_cpu_fused_conv_is_the_contract(c, o, h, w, rprelu, smb, rank):
     want = contract.side_branches_reference(x, core, conv=True, **t)
     got = torch.ops.bimaco.binary_conv2d_fused(
         torch.from_numpy(x), torch.from_numpy(pw.bits), torch.from_numpy(pw.alpha), torch.from_numpy(bias),
-        [1, 1], [1, 1, 1, 1], c, None, *_op_args(t, conv=True)).numpy()
+        [1, 1], [1, 1, 1, 1], c, None, *_op_args(t, conv=True, o=o)).numpy()
     _close(got, want)
 
 
@@ -106,7 +106,7 @@ def test_cpu_fused_linear_is_the_contract(k, o, lead, smb, rank):
     want = contract.side_branches_reference(x, core, conv=False, **t)
     got = torch.ops.bimaco.binary_linear_fused(
         torch.from_numpy(x), torch.from_numpy(pw.bits), torch.from_numpy(pw.alpha), torch.from_numpy(bias), k, None,
-        *_op_args(t, conv=False)).numpy()
+        *_op_args(t, conv=False, o=o)).numpy()
     _close(got, want)
 
 
@@ -114,7 +114,7 @@ def test_side_reference_order_of_additions():
     """Branch totals are added in the contract's order (conv: SMB then LRMB; linear: LRMB then
     SMB): with an LRMB that cancels the core and a small SMB, only the order decides whether
     the SMB survives the rounding (3 is below the spacing of doubles near 1e20)."""
-    t = {"smb_rowptr": np.array([0, 1], np.int32), "smb_col": contract.pack_smb_cols([1]),
+    t = {"smb_rowptr": contract.pack_halves([0, 1]), "smb_col": contract.pack_halves([1]),
          "smb_val": np.array([3.0], np.float32), "lr_down": np.array([[0.0, 1.0]], np.float32),
          "lr_up": np.array([[-1.0e20]], np.float32)}
     core = np.array([[1.0e20]], np.float32)
@@ -157,9 +157,10 @@ def test_exported_fused_node_runs_on_the_cpu_op(key):
     if conv:
         k = int(attrs["kernel_shape"][0])
         got = torch.ops.bimaco.binary_conv2d_fused(*core, [1, 1], [k // 2] * 4, int(attrs["in_channels"]), wz,
-                                                   *_op_args(t, conv=True))
+                                                   *_op_args(t, conv=True, o=layer.out_channels))
     else:
-        got = torch.ops.bimaco.binary_linear_fused(*core, int(attrs["in_features"]), wz, *_op_args(t, conv=False))
+        got = torch.ops.bimaco.binary_linear_fused(*core, int(attrs["in_features"]), wz,
+                                                   *_op_args(t, conv=False, o=layer.out_channels))
     _close(got.numpy(), y)
 
 
@@ -196,9 +197,9 @@ def test_cuda_fused_conv_matches_cpu(cuda_ops, dtype, c, o, h, w, rprelu, smb, r
     args = lambda dev, dt: [torch.from_numpy(x).to(dev, dt), torch.from_numpy(pw.bits).to(dev),  # noqa: E731
                             torch.from_numpy(pw.alpha).to(dev), torch.from_numpy(bias).to(dev)]
     ref = torch.ops.bimaco.binary_conv2d_fused(*args("cpu", torch.float32), [1, 1], [1, 1, 1, 1], c, None,
-                                               *_op_args(t, conv=True)).numpy()
+                                               *_op_args(t, conv=True, o=o)).numpy()
     got = torch.ops.bimaco.binary_conv2d_fused(*args("cuda", dtype), [1, 1], [1, 1, 1, 1], c, None,
-                                               *_op_args(t, conv=True, device="cuda", dtype=dtype))
+                                               *_op_args(t, conv=True, o=o, device="cuda", dtype=dtype))
     _close(got.float().cpu().numpy(), ref, rtol=1e-5 if dtype == torch.float32 else 2e-3)
 
 
@@ -217,9 +218,9 @@ def test_cuda_fused_linear_matches_cpu(cuda_ops, dtype, k, o, rows, smb, rank):
         t = {kk: (v.astype(np.float16).astype(np.float32) if v.dtype == np.float32 else v) for kk, v in t.items()}
     args = lambda dev, dt: [torch.from_numpy(x).to(dev, dt), torch.from_numpy(pw.bits).to(dev),  # noqa: E731
                             torch.from_numpy(pw.alpha).to(dev), torch.from_numpy(bias).to(dev)]
-    ref = torch.ops.bimaco.binary_linear_fused(*args("cpu", torch.float32), k, None, *_op_args(t, conv=False)).numpy()
+    ref = torch.ops.bimaco.binary_linear_fused(*args("cpu", torch.float32), k, None, *_op_args(t, conv=False, o=o)).numpy()
     got = torch.ops.bimaco.binary_linear_fused(*args("cuda", dtype), k, None,
-                                               *_op_args(t, conv=False, device="cuda", dtype=dtype))
+                                               *_op_args(t, conv=False, o=o, device="cuda", dtype=dtype))
     _close(got.float().cpu().numpy(), ref, rtol=1e-5 if dtype == torch.float32 else 2e-3)
 
 
@@ -233,4 +234,4 @@ def test_cuda_fused_rejects_side_branches_on_a_strided_conv(cuda_ops):
     with pytest.raises(RuntimeError, match="stride 1"):
         torch.ops.bimaco.binary_conv2d_fused(x, torch.from_numpy(pw.bits).cuda(), torch.from_numpy(pw.alpha).cuda(),
                                              torch.from_numpy(bias).cuda(), [2, 2], [1, 1, 1, 1], 8, None,
-                                             *_op_args(t, conv=True, device="cuda"))
+                                             *_op_args(t, conv=True, o=8, device="cuda"))

@@ -14,12 +14,12 @@ namespace cuda {
 
 // The fused side branches of a layer (contract.h, "Fused side branches"), applied in
 // the GEMM epilogue. Null / zero members are absent. The float tables are in X's dtype.
-// smb_col points at the 16-bit column entries: the contract's int32 words holding two
-// entries each are exactly such an array on the (little-endian) GPU.
+// smb_rowptr and smb_col point at 16-bit entries: the contract's int32 words holding two
+// entries each are exactly such arrays on the (little-endian) GPU.
 struct SideBranches {
-  const void* rprelu = nullptr;         // [3][O]: b0, slope, b1
-  const int32_t* smb_rowptr = nullptr;  // [O + 1]
-  const uint16_t* smb_col = nullptr;    // [nnz]
+  const void* rprelu = nullptr;          // [3][O]: b0, slope, b1
+  const uint16_t* smb_rowptr = nullptr;  // [O + 1], entries < 2^15
+  const uint16_t* smb_col = nullptr;     // [nnz]
   const void* smb_val = nullptr;        // [nnz]
   int rank = 0;                         // LRMB rank, 0: no LRMB
   const void* lr_down = nullptr;        // [rank][C]

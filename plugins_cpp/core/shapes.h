@@ -74,7 +74,6 @@ struct TensorInfo {
 // Inputs: X, Wbits, alpha, bias, the optional Wzero, then the side-branch inputs the
 // params announce (contract.h).
 constexpr int kMinInputs = 4;
-constexpr int kMaxInputs = kMinInputs + 1 + 6;
 
 // Where each input of a node sits. Wzero, when present, comes right after bias; the
 // side inputs follow in the contract's order. -1: absent.
@@ -163,6 +162,7 @@ Status check_output(const LaunchPlan& plan, const TensorInfo& y, const std::stri
 // nothing changed, and allocation-free in either case.
 class LaunchCache {
  public:
+  // 4 core inputs, Wzero, 6 side inputs: 11; the rest is headroom, not a limit we rely on.
   static constexpr int kMaxIo = 16;
   // The plan for `inputs` and the output `y` (nullptr: not checked), re-planned only
   // when an input's dims, type or format differ from the last successful call.

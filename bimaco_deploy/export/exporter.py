@@ -3,7 +3,9 @@
 The directory holds
 
 * ``unet.onnx``: the UNet with ``bimaco`` custom nodes (packed int32 sign bits),
-  for TensorRT with our plugin and for our own kernels;
+  for TensorRT with our plugin and for our own kernels. By default each node also
+  carries its layer's side branches (RPReLU, SMB, LRMB: ``fuse_side_branches``), which
+  the plugin applies in its GEMM epilogue;
 * ``unet_portable.onnx``: the same graph with every custom node expanded into
   standard ops reading the same initializers, for ONNX Runtime and for checks;
 * ``vq_encoder.onnx`` / ``vq_decoder.onnx`` when a VQ checkpoint is given (or
@@ -124,6 +126,7 @@ def export(
     print_report: bool = True,
     with_vq: Optional[bool] = None,
     float_baseline: bool = False,
+    fuse_side_branches: bool = True,
 ) -> ExportResult:
     """Export a BiMaCoSR UNet (and optionally its VQ autoencoder) to an artifact directory.
 
@@ -134,6 +137,13 @@ def export(
     existing ``out_dir`` unless ``force``. ``with_vq``: None writes the VQ graphs
     when ``vq_ckpt`` is given or under random init; False never does.
     ``float_baseline`` also writes ``unet_float.onnx`` (see the module docstring).
+
+    ``fuse_side_branches`` (default on) writes each binary layer of ``unet.onnx`` as one
+    ``bimaco`` node carrying RPReLU, SMB and LRMB (the contract's side-branch attributes):
+    TensorRT then runs one plugin layer per binary layer instead of the plugin plus about
+    ten standard layers, and never materialises the SMB's [N, O*R, H, W] gather (64x the
+    layer's input width on the tiny fixture). Off, the side branches are standard ops, as
+    they always are in ``unet_portable.onnx``, which is the same maths either way.
     """
     from ..models import load_autoencoder, load_config, load_unet
     from ..models.inventory import float_param_count
@@ -176,7 +186,8 @@ def export(
                 # key itself, so dead entries are counted and unknown ones are refused
                 state = state_to_numpy(read_state_dict(ckpt))
             task.advance(note="writing unet.onnx (packing sign bits)")
-            graph = build_unet_graph(cfg.unet, state, float_dtype=DTYPES[dtype], source=str(ckpt or "random init"))
+            graph = build_unet_graph(cfg.unet, state, float_dtype=DTYPES[dtype], source=str(ckpt or "random init"),
+                                     fuse_side_branches=fuse_side_branches)
             del state
             one = cfg.diffusion.one_step() if cfg.diffusion is not None else None
             extra = {
@@ -184,6 +195,7 @@ def export(
                 **weights_metadata(ckpt, seed),
                 # tensor names around every binary layer: the parity checker cuts single-layer graphs here
                 "binary_layers": json.dumps([[r.name, r.input_name, r.output_name, r.x_rank] for r in graph.layers]),
+                "side_branches": "fused" if fuse_side_branches else "standard",
             }
             if one is not None:
                 extra.update(timestep=str(one.timestep), prior_scale=repr(one.prior_scale), input_scale=repr(one.input_scale))

@@ -8,7 +8,7 @@ parameter names mirror the checkpoint keys (``encoder.down.0.block.0.norm1.weigh
 Inference path of the sampler: ``encode`` does NOT quantize; ``decode`` quantizes first
 (nearest codebook vector per latent pixel), then ``post_quant_conv`` and the decoder.
 Everything is full precision; the sampler runs this model in float16 when the config
-says ``use_fp16: true`` (see :class:`~bimaco_deploy.runtime.pipeline.OneStepSR`).
+says ``use_fp16: true`` (see :class:`~bimaco_deploy.pipeline.onestep.OneStepSR`).
 """
 
 from __future__ import annotations

@@ -29,7 +29,7 @@ def capture_binary_inputs(
 
     Yields a dict {layer name: input tensor (detached clone)} filled in execution order.
     ``layers`` (name, module) pairs replace the default, the model's reference binary
-    layers (e.g. the packed layers of :func:`bimaco_deploy.runtime.packed_torch.pack_unet`).
+    layers (e.g. the packed layers of :func:`bimaco_deploy.backends.packed_torch.pack_unet`).
     """
     captured: Dict[str, torch.Tensor] = {}
     handles = []

@@ -65,14 +65,16 @@ def test_custom_graph_passes_checker_and_strict_shape_inference(tiny_cfg, tiny_s
         assert len(vi.type.tensor_type.shape.dim) in (2, 3, 4)
 
 
-def test_portable_equals_custom_apart_from_the_expansion(tiny_cfg, tiny_state):
+@pytest.mark.parametrize("fuse", [True, False], ids=["fused", "standard"])
+def test_portable_equals_custom_apart_from_the_expansion(tiny_cfg, tiny_state, fuse):
     """Walk both graphs: same non-custom nodes in the same order, same initializers, and each
-    custom node is replaced by standard ops that write its output and read its int32 inputs."""
+    custom node is replaced by standard ops that write its output and read all its inputs
+    (a fused node's side-branch tables included)."""
     from bimaco_deploy.export.portable import to_portable
     from bimaco_deploy.export.unet_graph import build_unet_graph
     from bimaco_deploy.plugins import contract
 
-    custom = build_unet_graph(tiny_cfg.unet, tiny_state, portable=False).model
+    custom = build_unet_graph(tiny_cfg.unet, tiny_state, portable=False, fuse_side_branches=fuse).model
     onnx.helper.set_model_props(custom, {"float_dtype": "float32"})
     portable = to_portable(custom)
     assert all(n.domain in ("", None) for n in portable.graph.node)

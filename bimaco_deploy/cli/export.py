@@ -27,6 +27,11 @@ def export(
         False, "--float-baseline",
         help="Also write unet_float.onnx: the float model of the same family, exported the same way (bench baseline).",
     ),
+    fuse_side_branches: bool = typer.Option(
+        True, "--fuse-side-branches/--no-fuse-side-branches",
+        help="unet.onnx: each binary layer one bimaco node that also applies its RPReLU, SMB and LRMB (the "
+             "plugin fuses them); --no-fuse-side-branches keeps the side branches as standard ops beside the node.",
+    ),
 ) -> None:
     """Export a BiMaCoSR checkpoint to packed 1-bit ONNX (custom bimaco nodes + portable twin)."""
     from ..export.exporter import export as run_export
@@ -37,4 +42,5 @@ def export(
     if random_init:
         warn("--random-init: the artifacts hold seeded random weights; their outputs are noise (sizes and speed only)")
     run_export(config, unet_ckpt, out_dir, seed=seed, vq_ckpt=vq_ckpt, dtype=dtype, opset=opset, force=force,
-               with_vq=False if no_vq else None, float_baseline=float_baseline, progress=progress())
+               with_vq=False if no_vq else None, float_baseline=float_baseline, fuse_side_branches=fuse_side_branches,
+               progress=progress())

@@ -601,7 +601,7 @@ TEST(format_combinations_with_side_inputs) {
 // A registry with TensorRT's documented rules for registerCreator / deregisterCreator:
 // one creator per (name, namespace) (version is the same for all of ours), refusal of a
 // second one, removal by object identity. It stands in for the registry only to
-// observe our bookkeeping; the real one is exercised by tests/tensorrt/test_plugin_loading.py.
+// observe our bookkeeping; the real one is exercised by tests/plugins/trt_plugin/test_plugin_loading.py.
 struct NamedCreator {
   const char* name;
 };

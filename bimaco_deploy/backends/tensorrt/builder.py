@@ -299,7 +299,7 @@ def import_tensorrt() -> Any:
     except OSError as err:  # the bindings exist but libnvinfer does not load
         raise BackendUnavailable(f"TensorRT is installed but does not load ({err}). Reinstall {TENSORRT_INSTALL_HINT}.")
     if not hasattr(tensorrt, "Builder"):
-        # A directory named "tensorrt" on sys.path (e.g. tests/tensorrt) imports as an empty namespace package.
+        # A directory named "tensorrt" on sys.path (e.g. a test folder) imports as an empty namespace package.
         where = list(getattr(tensorrt, "__path__", []))
         raise BackendUnavailable(f"TensorRT is not installed ('import tensorrt' found only {where}). "
                                  f"Install {TENSORRT_INSTALL_HINT}.")

@@ -62,6 +62,31 @@ class _Buffer:
     nbytes: int = 0
 
 
+class Bindings:
+    """What the execution context was last told, per tensor: a shape or an address is set again
+    only when it changed. Setting an input shape makes TensorRT call every plugin layer's
+    onShapeChange (177 of them in the UNet); the buffers only ever grow, so addresses rarely
+    change either, and repeated calls on one size then go straight to enqueue."""
+
+    def __init__(self) -> None:
+        self._last: Dict[Tuple[str, str], Any] = {}
+
+    def changed(self, kind: str, name: str, value: Any) -> bool:
+        """True (and remember ``value``) when ``value`` differs from the last one for (kind, name)."""
+        key = (kind, name)
+        if self._last.get(key, _UNSET) == value:
+            return False
+        self._last[key] = value
+        return True
+
+    def forget(self) -> None:
+        """After a failure the context's state is unknown: set everything again next time."""
+        self._last.clear()
+
+
+_UNSET = object()
+
+
 class TrtUNet:
     """A deserialized engine plus one execution context, callable as the UNet."""
 
@@ -96,6 +121,7 @@ class TrtUNet:
                 self.outputs.append(name)
         self._dtypes = {n: np.dtype(trt.nptype(self.engine.get_tensor_dtype(n))) for n in self.inputs + self.outputs}
         self._buffers: Dict[str, _Buffer] = {n: _Buffer() for n in self.inputs + self.outputs}
+        self._bindings = Bindings()
 
     # ------------------------------------------------------------------ buffers
     def _ensure(self, name: str, nbytes: int) -> int:
@@ -134,7 +160,10 @@ class TrtUNet:
         for name in self.inputs:
             arr = np.ascontiguousarray(feeds[name], dtype=self._dtypes[name])
             host_in[name] = arr
-            if not self.context.set_input_shape(name, tuple(arr.shape)):
+            if self._bindings.changed("shape", name, tuple(arr.shape)) and not self.context.set_input_shape(
+                name, tuple(arr.shape)
+            ):
+                self._bindings.forget()
                 raise InputError(
                     f"input '{name}' shape {tuple(arr.shape)} is outside the engine's optimization profile "
                     f"{self._profile(name)}; rebuild with a wider --min/--max"
@@ -146,14 +175,18 @@ class TrtUNet:
                 ),
                 f"copy of '{name}' to the device",
             )
-            self.context.set_tensor_address(name, ptr)
+            if self._bindings.changed("address", name, ptr):
+                self.context.set_tensor_address(name, ptr)
         host_out = {}
         for name in self.outputs:
             shape = tuple(self.context.get_tensor_shape(name))
             out = np.empty(shape, dtype=self._dtypes[name])
             host_out[name] = out
-            self.context.set_tensor_address(name, self._ensure(name, out.nbytes))
+            ptr = self._ensure(name, out.nbytes)
+            if self._bindings.changed("address", name, ptr):
+                self.context.set_tensor_address(name, ptr)
         if not self.context.execute_async_v3(self._stream):
+            self._bindings.forget()
             raise BackendUnavailable("TensorRT execute_async_v3 failed; see the TensorRT log above")
         for name, out in host_out.items():
             _check(

@@ -62,7 +62,7 @@ print(json.dumps(out))
 def _run(steps):
     code = _PROBE.format(ops=[contract.CONV_OP, contract.LINEAR_OP], version=contract.PLUGIN_VERSION,
                          namespace=contract.PLUGIN_NAMESPACE, steps=[(s, str(p)) for s, p in steps])
-    # cwd: not the repository, whose tests/tensorrt would shadow the tensorrt package
+    # cwd: not the repository (a folder named tensorrt on sys.path would shadow the package)
     r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300,
                        cwd=tempfile.gettempdir())
     assert r.returncode == 0, r.stderr[-4000:]

@@ -319,3 +319,18 @@ def test_timing_cache_with_tensorrt(tmp_path):
     path.write_bytes(b"\x00garbage" * 16)
     with pytest.raises(ArtifactError, match="trt.cache"):
         tb.attach_timing_cache(builder.create_builder_config(), path)
+
+
+def test_the_runner_sets_shapes_and_addresses_only_when_they_change():
+    """Each set_input_shape makes TensorRT re-run onShapeChange in all 177 plugin layers: repeated
+    calls of one size must not repeat it (issue 15, item 6)."""
+    from bimaco_deploy.backends.tensorrt.runner import Bindings
+
+    b = Bindings()
+    assert b.changed("shape", "x", (1, 3, 64, 64))
+    assert not b.changed("shape", "x", (1, 3, 64, 64))
+    assert b.changed("shape", "lq", (1, 3, 64, 64))  # per tensor
+    assert b.changed("address", "x", 4096) and not b.changed("address", "x", 4096)
+    assert b.changed("shape", "x", (1, 3, 128, 64))
+    b.forget()  # after a failure everything is set again
+    assert b.changed("shape", "x", (1, 3, 128, 64)) and b.changed("address", "x", 4096)

@@ -27,7 +27,7 @@ from ..plugins import contract
 from .graph_builder import GraphBuilder
 from .layer_params import BinaryConvLayer, BinaryLinearLayer, SparseRows
 from .portable import expand_node
-from .smb_table import smb_table_for
+from .smb_table import emit_smb_rows, smb_table_for
 
 BinaryLayer = Union[BinaryConvLayer, BinaryLinearLayer]
 
@@ -132,22 +132,6 @@ def emit_smb(gb: GraphBuilder, smb: SparseRows, x: str, name: str, *, conv: bool
     return emit_smb_rows(gb, x, idx, value, smb.out_features, smb.row_width, name, conv=conv, x_rank=x_rank)
 
 
-def emit_smb_rows(gb: GraphBuilder, x: str, idx: str, value: str, o: int, r: int, name: str, *, conv: bool,
-                  x_rank: int = 4) -> str:
-    """The SMB from its padded rows: ``idx`` int32 [O*R] input channels, ``value`` [O, R]."""
-    if conv:
-        gathered = gb.op("Gather", [x, idx], axis=1, name=f"{name}/smb_gather")
-        target = gb.concat_i64([[0, o, r], gb.shape_of(x, start=2)])
-        rows = gb.reshape(gathered, target, name=f"{name}/smb_rows")
-        vals = gb.reshape(value, [o, r, 1, 1], name=f"{name}/smb_value4")
-        prod = gb.op("Mul", [rows, vals], name=f"{name}/smb_mul")
-        return gb.op("ReduceSum", [prod, gb.i64([2])], keepdims=0, name=f"{name}/smb_sum")
-    gathered = gb.op("Gather", [x, idx], axis=-1, name=f"{name}/smb_gather")
-    rows = gb.reshape(gathered, [0] * (x_rank - 1) + [o, r], name=f"{name}/smb_rows")
-    prod = gb.op("Mul", [rows, value], name=f"{name}/smb_mul")
-    return gb.op("ReduceSum", [prod, gb.i64([-1])], keepdims=0, name=f"{name}/smb_sum")
-
-
 def emit_binary_conv(gb: GraphBuilder, layer: BinaryConvLayer, x: str, *, portable: bool, fuse: bool = False) -> str:
     """The whole binary conv layer, from its raw input ``x`` [N, C, H, W].
 
@@ -238,7 +222,6 @@ __all__ = [
     "emit_core",
     "fused_side_inputs",
     "emit_smb",
-    "emit_smb_rows",
     "emit_binary_conv",
     "emit_binary_linear",
     "emit_binary_layer",

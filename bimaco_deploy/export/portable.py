@@ -35,6 +35,7 @@ from onnx import TensorProto, helper, numpy_helper
 from ..errors import ArtifactError
 from ..plugins import contract
 from .graph_builder import GraphBuilder
+from .smb_table import emit_csr_decode, emit_smb_rows
 
 
 def _attrs(node: onnx.NodeProto) -> Dict[str, object]:
@@ -134,9 +135,6 @@ def expand_side_branches(gb: GraphBuilder, node: onnx.NodeProto, core: str, cons
     """Standard ops for a fused node's side branches, on its core output ``core``, writing the
     node's output: the same ops (and order of additions) the exporter writes for an unfused
     layer, reading the node's own side inputs (contract.SIDE_INPUTS)."""
-    from .onnx_nodes import emit_smb_rows  # onnx_nodes imports this module
-    from .smb_table import emit_csr_decode
-
     attrs = _attrs(node)
     spec = contract.OPS[node.op_type]
     at = spec.layout(attrs, len(node.input))

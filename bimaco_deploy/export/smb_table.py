@@ -142,3 +142,19 @@ def smb_table_for(gb: GraphBuilder) -> SmbTable:
 
 
 __all__ = ["SmbTable", "smb_table_for", "emit_csr_decode"]
+
+
+def emit_smb_rows(gb: GraphBuilder, x: str, idx: str, value: str, o: int, r: int, name: str, *, conv: bool,
+                  x_rank: int = 4) -> str:
+    """The SMB from its padded rows: ``idx`` int32 [O*R] input channels, ``value`` [O, R]."""
+    if conv:
+        gathered = gb.op("Gather", [x, idx], axis=1, name=f"{name}/smb_gather")
+        target = gb.concat_i64([[0, o, r], gb.shape_of(x, start=2)])
+        rows = gb.reshape(gathered, target, name=f"{name}/smb_rows")
+        vals = gb.reshape(value, [o, r, 1, 1], name=f"{name}/smb_value4")
+        prod = gb.op("Mul", [rows, vals], name=f"{name}/smb_mul")
+        return gb.op("ReduceSum", [prod, gb.i64([2])], keepdims=0, name=f"{name}/smb_sum")
+    gathered = gb.op("Gather", [x, idx], axis=-1, name=f"{name}/smb_gather")
+    rows = gb.reshape(gathered, [0] * (x_rank - 1) + [o, r], name=f"{name}/smb_rows")
+    prod = gb.op("Mul", [rows, value], name=f"{name}/smb_mul")
+    return gb.op("ReduceSum", [prod, gb.i64([-1])], keepdims=0, name=f"{name}/smb_sum")

@@ -120,9 +120,23 @@ def _native_info() -> Dict[str, Any]:
         from .plugins import native
 
         st = native.status()
-        return {"cpu_library": st.get("cpu_library"), "cuda_library": st.get("cuda_library"), "cxx": st.get("cxx")}
+        info = {"cpu_library": st.get("cpu_library"), "cuda_library": st.get("cuda_library"), "cxx": st.get("cxx")}
+        info.update(_kernel_isa())
+        return info
     except Exception as err:  # the module is optional at this level
         return {"error": f"{type(err).__name__}: {err}"}
+
+
+def _kernel_isa() -> Dict[str, Any]:
+    """The instruction set the packed CPU kernels run on now, and every one this CPU can run."""
+    try:
+        from .plugins import torch_ops
+
+        if not torch_ops.ops_available():
+            return {"cpu_isa": None, "cpu_isas": [], "isa_note": torch_ops.unavailable_reason()}
+        return {"cpu_isa": torch_ops.cpu_isa(), "cpu_isas": list(torch_ops.cpu_available_isas())}
+    except Exception as err:  # a broken build must not stop the other probes
+        return {"cpu_isa": None, "cpu_isas": [], "isa_note": f"{type(err).__name__}: {err}"}
 
 
 def _jetson_info() -> Dict[str, Any]:
@@ -214,6 +228,10 @@ def render_doctor(d: Dict[str, Any]) -> Any:
     t.add_row("ONNX Runtime", ort.get("version", _yes(False)), ", ".join(ort.get("providers", [])) or ort.get("error", ""))
     na = d["native_ops"]
     t.add_row("native torch ops", _yes(na.get("cpu_library")), f"CPU: {na.get('cpu_library') or 'not built'}; CUDA: {na.get('cuda_library') or 'not built'}")
+    isa = na.get("cpu_isa")
+    t.add_row("CPU kernel ISA", isa or _yes(False),
+              f"in use: {isa}; this CPU runs {', '.join(na.get('cpu_isas', []))} (check --backend torch --isa NAME)"
+              if isa else (na.get("isa_note") or "native CPU kernels not loaded: packed layers use the pure-torch fallback"))
     j = d["jetson"]
     t.add_row("Jetson", _yes(j.get("is_jetson")), f"L4T {j.get('l4t')}; tegrastats {j.get('tegrastats') or 'absent'}" if j.get("is_jetson") else "")
     for i, a in enumerate(d.get("advice", [])):

@@ -16,13 +16,15 @@ PACKAGE = Path(__file__).resolve().parents[1] / "bimaco_deploy"
 #: Each room's place along the data path. A room may import rooms of a lower rank and
 #: itself, never a room of the same or a higher rank (check and bench are siblings).
 RANKS = {
-    "errors": 0, "reports": 0,
+    "errors": 0, "progress": 0,
+    "reports": 0.5,  # the output rule raises errors.OutputError; below everything else
     "plugins": 1,  # the op contract and native kernels: the foundation everything follows
     "models": 2,
     "export": 3,
     "backends": 4,
     "pipeline": 5,
     "check": 6, "bench": 6,
+    "serving": 6,  # Triton: model repository, Python-backend stages, the bundled server, the client
     "doctor": 7,
     "cli": 8, "demo": 8,
     "runtime": 9,  # re-exports of moved entry points, for users only

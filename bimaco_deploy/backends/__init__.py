@@ -28,11 +28,12 @@ from .base import (
     make_backend,
     register,
     resolve_config,
+    torch_device,
 )
 
 __all__ = [
     "Backend", "BackendSpec", "ParityRunner", "UNetFn", "VQGraphs", "VQLike", "backend_names", "get_backend", "make_backend",
-    "register", "resolve_config", "make_unet", "make_float_baseline", "make_vq",
+    "register", "resolve_config", "torch_device", "make_unet", "make_float_baseline", "make_vq",
 ]
 
 

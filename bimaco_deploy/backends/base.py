@@ -23,15 +23,16 @@ from __future__ import annotations
 
 import importlib
 import pkgutil
+import re
 from abc import ABC, abstractmethod
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, ClassVar, Dict, List, Optional, Protocol, Tuple, Type, TypeVar, Union
+from typing import Any, Callable, ClassVar, Dict, FrozenSet, List, Optional, Protocol, Tuple, Type, TypeVar, Union
 
 import numpy as np
 import torch
 
-from ..errors import BackendUnavailable, BimacoError, ConfigError
+from ..errors import BackendUnavailable, BimacoError, ConfigError, InputError
 from ..models.config import ModelConfig, load_config
 
 PathLike = Union[str, Path]
@@ -65,6 +66,41 @@ class BackendSpec:
     plugin_lib: Optional[PathLike] = None
     device: str = "cpu"
     threads: Optional[int] = None  # ONNX Runtime intra-op threads (torch: torch.set_num_threads)
+    isa: Optional[str] = None  # packed torch backend: force the CPU kernels onto this instruction set
+
+
+#: The command-line option behind each optional BackendSpec field (messages name the option).
+SPEC_OPTIONS: Dict[str, str] = {"ckpt": "--ckpt", "artifacts": "--artifacts", "engine": "--engine",
+                                "plugin_lib": "--plugin", "isa": "--isa"}
+
+_DEVICE = re.compile(r"cpu|auto|cuda(:\d+)?")
+
+
+def check_device_name(device: str) -> str:
+    """``device`` if it is cpu, cuda, cuda:N or auto; else an InputError naming ``--device``."""
+    if not isinstance(device, str) or not _DEVICE.fullmatch(device.strip().lower()):
+        raise InputError(f"--device {device!r}: expected cpu, cuda, cuda:N or auto")
+    return device.strip().lower()
+
+
+def torch_device(device: str) -> str:
+    """The torch device for ``device`` ("auto": CUDA when torch can use it), or a clear error when
+    this torch build or machine cannot use CUDA."""
+    device = check_device_name(device)
+    if device == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    if device.startswith("cuda"):
+        if torch.version.cuda is None:
+            raise BackendUnavailable(
+                f"--device {device}: this torch ({torch.__version__}) is a CPU-only build; use --device cpu, or "
+                "install a CUDA build of torch (see README, Install)")
+        if not torch.cuda.is_available():
+            raise BackendUnavailable(f"--device {device}: torch {torch.__version__} sees no CUDA device "
+                                     "(no GPU, or no driver); use --device cpu")
+        index = int(device.partition(":")[2] or 0)
+        if index >= torch.cuda.device_count():
+            raise BackendUnavailable(f"--device {device}: only {torch.cuda.device_count()} CUDA device(s) visible")
+    return device
 
 
 class ParityRunner(ABC):
@@ -74,6 +110,12 @@ class ParityRunner(ABC):
     float_dtype: np.dtype
     layer_names: List[str]
     layer_ranks: Dict[str, int]  # the rank of each layer's input (margins are per row)
+    #: ONNX metadata of the artifact under test (config, contract, weights), None for in-memory backends
+    metadata: Optional[Dict[str, str]] = None
+    #: where ``metadata`` comes from, for messages
+    source: Optional[str] = None
+    #: one line: what runs (backend, file, ISA ...)
+    description: str = ""
 
     @abstractmethod
     def run_layer(self, name: str, x: np.ndarray) -> np.ndarray:
@@ -90,9 +132,33 @@ class Backend(ABC):
 
     name: ClassVar[str]
     description: ClassVar[str]  # one line: what the UNet runs on, and what it needs
+    #: the optional BackendSpec fields (SPEC_OPTIONS) this backend reads; giving another is an error
+    uses: ClassVar[FrozenSet[str]] = frozenset({"ckpt"})
+    #: why a field is not used, per field (completes the error message)
+    unused_because: ClassVar[Dict[str, str]] = {
+        "ckpt": "its UNet does not come from a checkpoint",
+        "artifacts": "it builds the UNet from --config and --ckpt; --artifacts is for onnxruntime",
+        "engine": "only --backend tensorrt runs an engine",
+        "plugin_lib": "only --backend tensorrt loads the TensorRT plugin",
+        "isa": "only --backend torch runs the packed CPU kernels",
+    }
 
     def __init__(self, spec: BackendSpec):
         self.spec = spec
+        self._check_options()
+
+    def _check_options(self) -> None:
+        """An option this backend does not use is an error, not silently ignored; the device must be valid."""
+        for field_name, option in SPEC_OPTIONS.items():
+            if getattr(self.spec, field_name) is not None and field_name not in self.uses:
+                why = self.unused_because.get(field_name, f"--backend {self.name} does not read it")
+                raise InputError(f"{option} {getattr(self.spec, field_name)} is not used by --backend {self.name} "
+                                 f"({why}); drop it")
+        self.check_device()
+
+    def check_device(self) -> None:
+        """Refuse a device this backend cannot use, before anything is loaded (default: the name only)."""
+        check_device_name(self.spec.device)
 
     @abstractmethod
     def unet(self) -> UNetFn:
@@ -105,7 +171,7 @@ class Backend(ABC):
     def vq_precisions(self) -> Tuple[str, ...]:
         """The autoencoder precisions this backend runs on its device (torch: fp32/fp16/bf16; on a
         CPU also int8, as calibrated ONNX Runtime graphs beside the torch UNet)."""
-        if torch.device(self.spec.device).type == "cpu":
+        if torch.device(torch_device(self.spec.device)).type == "cpu":
             return ("fp32", "fp16", "bf16", "int8")
         return ("fp32", "fp16", "bf16")
 
@@ -147,7 +213,7 @@ class Backend(ABC):
         cfg = self.spec.config
         if cfg.autoencoder is None:
             raise ConfigError(f"{cfg.source}: missing section 'autoencoder' (needed for super-resolution)")
-        return TorchVQ(load_autoencoder(cfg.autoencoder, vq_ckpt, seed=self.spec.seed), precision, self.spec.device)
+        return TorchVQ(load_autoencoder(cfg.autoencoder, vq_ckpt, seed=self.spec.seed), precision, torch_device(self.spec.device))
 
     def _onnx_autoencoder(self, vq_ckpt: Optional[PathLike], precision: str, graphs: Optional[VQGraphs]) -> VQLike:
         # the onnxruntime backend's autoencoder on the CPU, looked up by name (no import cycle)
@@ -155,6 +221,26 @@ class Backend(ABC):
 
         ort = get_backend("onnxruntime")(replace(self.spec, device="cpu", artifacts=None))
         return ort.autoencoder(vq_ckpt, precision, graphs=graphs)
+
+    def describe_autoencoder(self, vq: VQLike, vq_ckpt: Optional[PathLike] = None) -> str:
+        """One line: which autoencoder :meth:`autoencoder` gave (ONNX graphs or torch, and its weights)."""
+        described = getattr(vq, "description", None)
+        if isinstance(described, str):
+            return described
+        weights = f"checkpoint {vq_ckpt}" if vq_ckpt is not None else \
+            f"seeded random weights (seed {0 if self.spec.seed is None else self.spec.seed})"
+        precision = getattr(vq, "precision", None)
+        return f"torch VQ autoencoder{f' ({precision})' if precision else ''}, {weights}"
+
+    def describe_unet(self) -> str:
+        """One line: which UNet weights this backend runs (checkpoint, or seeded random weights)."""
+        if self.spec.ckpt is not None:
+            return f"checkpoint {self.spec.ckpt}"
+        return f"seeded random weights (seed {0 if self.spec.seed is None else self.spec.seed})"
+
+    def random_weights(self) -> bool:
+        """Whether the UNet runs on random weights (outputs are then noise)."""
+        return self.spec.ckpt is None
 
     def parity_runner(self) -> ParityRunner:
         """Layer-by-layer access for ``check``; backends that cannot give it say so."""
@@ -187,9 +273,9 @@ def _discover() -> None:
 
 
 def backend_names() -> List[str]:
-    """Every registered backend name, in registration order."""
+    """Every registered backend name, sorted."""
     _discover()
-    return list(_REGISTRY)
+    return sorted(_REGISTRY)
 
 
 def get_backend(name: str) -> Type[Backend]:
@@ -198,7 +284,7 @@ def get_backend(name: str) -> Type[Backend]:
     try:
         return _REGISTRY[name]
     except KeyError:
-        raise BimacoError(f"unknown backend {name!r}; choose one of {', '.join(_REGISTRY)}") from None
+        raise BimacoError(f"unknown backend {name!r}; choose one of {', '.join(sorted(_REGISTRY))}") from None
 
 
 def make_backend(spec: BackendSpec) -> Backend:

@@ -17,6 +17,7 @@ from typing import Any, Dict, List, Optional, Sequence, Tuple, Union
 import numpy as np
 
 from ..errors import ArtifactError, BackendUnavailable, InputError
+from ..export import provenance
 from ..export.artifacts import FLOAT_FILE, PORTABLE_FILE, VQ_DECODER_FILE, VQ_ENCODER_FILE
 from .base import Backend, ParityRunner, UNetFn, VQGraphs, VQLike, register
 
@@ -42,10 +43,10 @@ def providers_for(device: str = "auto") -> List[str]:
         if device == "cuda":
             raise BackendUnavailable(
                 f"ONNX Runtime has no CUDA provider here (available: {', '.join(available)}); "
-                "install onnxruntime-gpu on a machine with an NVIDIA GPU, or use device='cpu'"
+                "install onnxruntime-gpu on a machine with an NVIDIA GPU, or use --device cpu"
             )
         return ["CPUExecutionProvider"]
-    raise InputError(f"device must be 'cpu', 'cuda' or 'auto', got {device!r}")
+    raise InputError(f"--device {device!r}: ONNX Runtime takes cpu, cuda or auto")
 
 
 def make_session(model: Union[PathLike, bytes, Any], *, device: str = "auto", threads: Optional[int] = None,
@@ -185,11 +186,13 @@ class OrtVQ:
         from ..export.vq import graph_precision
         from ..export.vq_quant import QDQ_DISABLED_OPTIMIZERS
 
-        self.encoder = make_session(_resolve(artifacts, VQ_ENCODER_FILE), device=device, threads=threads,
+        self.encoder_path = _resolve(artifacts, VQ_ENCODER_FILE)
+        self.decoder_path = _resolve(artifacts, VQ_DECODER_FILE)
+        self.encoder = make_session(self.encoder_path, device=device, threads=threads,
                                     disabled_optimizers=QDQ_DISABLED_OPTIMIZERS)
-        self.decoder = make_session(_resolve(artifacts, VQ_DECODER_FILE), device=device, threads=threads,
+        self.decoder = make_session(self.decoder_path, device=device, threads=threads,
                                     disabled_optimizers=QDQ_DISABLED_OPTIMIZERS)
-        meta = model_metadata(self.encoder)
+        self.metadata = meta = model_metadata(self.encoder)
         self.downscale = int(meta.get("downscale", "4"))
         self.precision = graph_precision(meta)
         self.folder = Path(artifacts)
@@ -198,6 +201,9 @@ class OrtVQ:
                 f"{self.folder}: the VQ graphs are {self.precision}, --vq-precision asks for {precision}; "
                 f"re-export with `bimaco-deploy export --vq-precision {precision}`"
             )
+        weights = provenance.describe_weights(meta) or "weights as exported"
+        self.description = (f"ONNX graphs {self.encoder_path.name} + {self.decoder_path.name} from "
+                            f"{self.encoder_path.parent} ({self.precision}, ONNX Runtime), {weights}")
 
     def encode(self, image: Any):
         arr, as_torch = _to_numpy(image, np.float32, "image")
@@ -246,6 +252,9 @@ class OrtParityRunner(ParityRunner):
 
         self.unet = OrtUNet(artifacts, device=device)
         self.device = device
+        self.metadata = self.unet.metadata
+        self.source = str(self.unet.path)
+        self.description = f"onnxruntime: {self.unet.path} ({', '.join(self.unet.providers)})"
         self.table = binary_layer_table(self.unet.metadata)
         self.layer_names = [row["name"] for row in self.table]
         self.layer_ranks = {row["name"]: int(row["rank"]) for row in self.table}
@@ -342,9 +351,30 @@ class OnnxRuntimeBackend(Backend):
 
     name = "onnxruntime"
     description = "unet_portable.onnx of an export in ONNX Runtime (needs --artifacts)"
+    uses = frozenset({"artifacts"})
+    unused_because = {**Backend.unused_because,
+                      "ckpt": "the UNet comes from --artifacts: its weights were fixed at export"}
+
+    def check_device(self) -> None:
+        providers_for(self.spec.device)  # a bad name, or CUDA without onnxruntime-gpu, fails here
+
+    def _metadata(self) -> Tuple[Dict[str, str], Path]:
+        path = _resolve(_need_artifacts(self.spec.artifacts), PORTABLE_FILE)
+        return provenance.read_metadata(path), path
 
     def unet(self) -> UNetFn:
-        return OrtUNet(_need_artifacts(self.spec.artifacts), device=self.spec.device, threads=self.spec.threads)
+        unet = OrtUNet(_need_artifacts(self.spec.artifacts), device=self.spec.device, threads=self.spec.threads)
+        provenance.check_contract(unet.metadata, unet.path)
+        provenance.check_config(unet.metadata, unet.path, self.spec.config)
+        return unet
+
+    def describe_unet(self) -> str:
+        meta, path = self._metadata()
+        return f"{path.name} of {path.parent}, " + (provenance.describe_weights(meta) or "weights as exported")
+
+    def random_weights(self) -> bool:
+        meta, _ = self._metadata()
+        return meta.get(provenance.WEIGHTS_KEY) == "random_init"
 
     def float_baseline(self) -> Tuple[UNetFn, str]:
         path = Path(_need_artifacts(self.spec.artifacts)) / FLOAT_FILE
@@ -378,7 +408,10 @@ class OnnxRuntimeBackend(Backend):
                           stacklevel=2)
         have = artifact_vq_precision(art)
         if vq_ckpt is None and have == precision:
-            return OrtVQ(art, device=self.spec.device, threads=self.spec.threads, precision=precision)
+            vq = OrtVQ(art, device=self.spec.device, threads=self.spec.threads, precision=precision)
+            provenance.check_contract(vq.metadata, vq.encoder_path)
+            provenance.check_config(vq.metadata, vq.encoder_path, self.spec.config, parts=("autoencoder",))
+            return vq
         if vq_ckpt is None and have is not None:
             # the export's graphs carry its weights: graphs at another precision need the checkpoint
             raise ArtifactError(

@@ -24,17 +24,19 @@ from __future__ import annotations
 
 import contextlib
 import copy
-from typing import ContextManager, Dict, Iterable, Optional, Tuple
+import os
+from typing import ContextManager, Dict, Iterable, Iterator, List, Optional, Tuple
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..errors import CheckpointError
+from ..errors import BackendUnavailable, CheckpointError
 from ..models.binary_layers import BinaryConv2d, BinaryLinear
 from ..models.unet import iter_binary_layers
 from ..plugins import torch_ops
-from .base import Backend, UNetFn, register
+from .base import Backend, BackendSpec, ParityRunner, UNetFn, register, torch_device
 from .torch_ref import float_twin_unet, reference_unet
 
 
@@ -259,16 +261,90 @@ def memory_report(packed: nn.Module, float_params: Optional[int] = None) -> Dict
 # --------------------------------------------------------------------------- backend
 
 
+@contextlib.contextmanager
+def cpu_isa(name: Optional[str]) -> Iterator[None]:
+    """The packed CPU kernels on instruction set ``name`` inside the block (None: unchanged), then the
+    process-wide choice again. An ISA this CPU or library lacks is a BackendUnavailable naming the ones it has."""
+    if name is None:
+        yield
+        return
+    torch_ops.set_cpu_isa(name)
+    try:
+        yield
+    finally:  # back to the process-wide choice ($BIMACO_CPU_ISA, else automatic)
+        torch_ops.set_cpu_isa(os.environ.get(torch_ops.ISA_ENV, "").strip() or "auto")
+
+
+def kernel_description(isa: Optional[str] = None) -> str:
+    """Which kernels the packed layers run on: the native CPU kernels and their ISA, or the fallback."""
+    if not torch_ops.ops_available():
+        return f"the pure-torch fallback of the op contract ({torch_ops.unavailable_reason()})"
+    forced = os.environ.get(torch_ops.ISA_ENV, "").strip()
+    how = "" if isa else (f" (${torch_ops.ISA_ENV}={forced})" if forced and forced != "auto" else " (automatic choice)")
+    return f"native CPU kernels, ISA {isa or torch_ops.cpu_isa()}{how}"
+
+
+class PackedTorchParityRunner(ParityRunner):
+    """The packed torch backend for ``check``: each packed layer run on its own, and the packed UNet
+    with the input every packed layer saw; on the CPU ISA ``spec.isa`` (None: the automatic one)."""
+
+    def __init__(self, spec: BackendSpec):
+        from ..models.probes import capture_binary_inputs
+
+        if torch_device(spec.device) != "cpu":
+            raise BackendUnavailable("check --backend torch runs the packed CPU kernels: use --device cpu")
+        self._capture = capture_binary_inputs
+        with cpu_isa(spec.isa):  # an unavailable ISA fails here, before the model is built
+            pass
+        self.isa = spec.isa
+        self.model = pack_unet(reference_unet(spec), inplace=True)
+        self.layers = {name: m for name, m in self.model.named_modules() if isinstance(m, PACKED_TYPES)}
+        self.layer_names: List[str] = list(self.layers)
+        self.layer_ranks = {n: 4 for n, m in self.layers.items() if isinstance(m, PackedBinaryConv2d)}
+        self.float_dtype = np.dtype(np.float32)
+        self.description = f"torch: packed 1-bit layers on {kernel_description(spec.isa)}"
+
+    def run_layer(self, name: str, x: np.ndarray) -> np.ndarray:
+        if name not in self.layers:
+            raise CheckpointError(f"layer '{name}' is not a packed binary layer of this model")
+        with torch.no_grad(), cpu_isa(self.isa):
+            return self.layers[name](torch.from_numpy(np.ascontiguousarray(x, np.float32))).numpy()
+
+    def run_unet(self, x: np.ndarray, t: np.ndarray, lq: np.ndarray) -> Tuple[np.ndarray, Dict[str, np.ndarray]]:
+        with torch.no_grad(), cpu_isa(self.isa), self._capture(self.model, layers=list(self.layers.items())) as cap:
+            out = self.model(torch.from_numpy(x), torch.from_numpy(t), torch.from_numpy(lq))
+        return out.numpy(), {k: v.numpy() for k, v in cap.items()}
+
+
 @register
 class PackedTorchBackend(Backend):
     """The reference UNet with its binary layers packed onto the bimaco torch ops."""
 
     name = "torch"
     description = "packed 1-bit weights on the bimaco torch ops (CPU or CUDA kernels); config (+ checkpoint)"
+    uses = frozenset({"ckpt", "isa"})
+
+    def check_device(self) -> None:
+        torch_device(self.spec.device)
 
     def unet(self) -> UNetFn:
+        device = torch_device(self.spec.device)
+        isa = self.spec.isa
+        with cpu_isa(isa):  # an unavailable ISA fails before the model is built
+            pass
         # packed on the CPU, then moved: packing reads the float latent weights once
-        return pack_unet(reference_unet(self.spec), inplace=True).to(self.spec.device)
+        model = pack_unet(reference_unet(self.spec), inplace=True).to(device)
+        if isa is None:
+            return model
+
+        def on_isa(x: torch.Tensor, t: torch.Tensor, lq: torch.Tensor) -> torch.Tensor:
+            with cpu_isa(isa):
+                return model(x, t, lq)
+
+        return on_isa
+
+    def parity_runner(self) -> ParityRunner:
+        return PackedTorchParityRunner(self.spec)
 
     def float_baseline(self) -> Tuple[UNetFn, str]:
         return float_twin_unet(self.spec)

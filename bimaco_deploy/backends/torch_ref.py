@@ -13,7 +13,7 @@ from typing import Tuple
 
 from torch import nn
 
-from .base import Backend, BackendSpec, UNetFn, register
+from .base import Backend, BackendSpec, UNetFn, register, torch_device
 
 
 def reference_unet(spec: BackendSpec) -> nn.Module:
@@ -28,7 +28,8 @@ def float_twin_unet(spec: BackendSpec) -> Tuple[UNetFn, str]:
     from ..models import float_twin, load_unet
 
     cfg = replace(spec.config, unet=float_twin(spec.config.unet))
-    return load_unet(cfg, None, seed=spec.seed or 0).to(spec.device), "torch float32 reference (float twin)"
+    device = torch_device(spec.device)
+    return load_unet(cfg, None, seed=spec.seed or 0).to(device), "torch float32 reference (float twin)"
 
 
 @register
@@ -38,8 +39,12 @@ class TorchRefBackend(Backend):
     name = "torch-ref"
     description = "the PyTorch reference (float maths on sign values); config (+ checkpoint)"
 
+    def check_device(self) -> None:
+        torch_device(self.spec.device)
+
     def unet(self) -> UNetFn:
-        return reference_unet(self.spec).to(self.spec.device)
+        device = torch_device(self.spec.device)  # fails before the model is built
+        return reference_unet(self.spec).to(device)
 
     def float_baseline(self) -> Tuple[UNetFn, str]:
         return float_twin_unet(self.spec)

@@ -245,16 +245,15 @@ def energy_per_image(
 
 
 def rail_power_w(samples: Sequence[Tuple[float, TegraSample]], t0: float, t1: float) -> Dict[str, float]:
-    """Mean power of every rail (W) over the samples taken in [t0, t1]; the total, where
-    tegrastats prints one, is the module input rail (see :meth:`TegraSample.input_power`)."""
-    sums: Dict[str, float] = {}
-    counts: Dict[str, int] = {}
+    """Mean power of every rail (W) over [t0, t1], integrated like the energy (nearest sample held
+    at the window's edges), so a window shorter than the sampling interval still gets the power
+    tegrastats saw around it; the total, where tegrastats prints one, is the module input rail
+    (see :meth:`TegraSample.input_power`)."""
+    per_rail: Dict[str, List[Tuple[float, float]]] = {}
     for t, s in samples:
-        if t0 <= t <= t1:
-            for name, rail in s.rails.items():
-                sums[name] = sums.get(name, 0.0) + rail.current_mw
-                counts[name] = counts.get(name, 0) + 1
-    return {name: sums[name] / counts[name] / 1000.0 for name in sorted(sums)}
+        for name, rail in s.rails.items():
+            per_rail.setdefault(name, []).append((t, rail.current_mw))
+    return {name: integrate_energy_j(pts, t0, t1) / (t1 - t0) for name, pts in sorted(per_rail.items())}
 
 
 # --------------------------------------------------------------------------- sampler

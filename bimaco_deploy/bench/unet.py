@@ -138,6 +138,9 @@ def bench_unet(
         raise InputError(f"latent size {h}x{w}: H and W must be positive multiples of {m} for this model")
     if batch <= 0 or repeats <= 0 or warmup < 0:
         raise InputError(f"batch ({batch}) and repeats ({repeats}) must be positive, warmup ({warmup}) non-negative")
+    if threads is not None and threads < 1:
+        raise InputError(f"--threads {threads}: must be at least 1 (or leave it out for torch's default, "
+                         f"{torch.get_num_threads()} here)")
     if threads is not None and spec.threads is None:
         spec = replace(spec, threads=threads)
     with _torch_threads(threads):

@@ -5,12 +5,13 @@ from __future__ import annotations
 
 import typer
 
-from ._app import app
+from ._app import command
 
 
-@app.command()
-def doctor(json_out: bool = typer.Option(False, "--json", help="Print the facts as JSON.")) -> None:
-    """What this machine can run (CPU, CUDA, TensorRT, plugin, ONNX Runtime) and what to install."""
+@command(writes=False)
+def doctor(json_out: bool = typer.Option(False, "--json", help="Print the facts as JSON (to stdout).")) -> None:
+    """What this machine can run (CPU and the kernel ISA in use, CUDA, TensorRT, plugin, ONNX Runtime) and what
+    to install."""
     import json
 
     from rich.console import Console

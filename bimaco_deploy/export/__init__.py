@@ -4,7 +4,7 @@
 * :mod:`.unet_graph`: the UNet written by hand from config + state dict (dynamic batch/H/W).
 * :mod:`.onnx_nodes`: one binary layer: the ``bimaco`` core node and its side branches.
 * :mod:`.portable`: the standard-op expansion of the custom nodes (the portable twin).
-* :mod:`.smb_table`: all sparse-branch data in one bit-packed table.
+* :mod:`.smb_table`: the sparse branches of a standard-op graph in one compact table.
 * :mod:`.layer_params`: binary layers read and packed from a state dict.
 * :mod:`.vq`: the VQ-f4 encoder and decoder graphs.
 * :mod:`.report`: ``export_report.json`` and its table.

@@ -3,7 +3,9 @@
 The directory holds
 
 * ``unet.onnx``: the UNet with ``bimaco`` custom nodes (packed int32 sign bits),
-  for TensorRT with our plugin and for our own kernels;
+  for TensorRT with our plugin and for our own kernels. By default each node also
+  carries its layer's side branches (RPReLU, SMB, LRMB: ``fuse_side_branches``), which
+  the plugin applies in its GEMM epilogue;
 * ``unet_portable.onnx``: the same graph with every custom node expanded into
   standard ops reading the same initializers, for ONNX Runtime and for checks;
 * ``vq_encoder.onnx`` / ``vq_decoder.onnx`` when a VQ checkpoint is given (or
@@ -24,7 +26,6 @@ from __future__ import annotations
 
 import json
 import shutil
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Dict, Optional, Union
@@ -32,12 +33,15 @@ from typing import Any, Dict, Optional, Union
 import numpy as np
 import onnx
 
-from ..errors import ArtifactError, ConfigError
+from ..errors import ConfigError
 from ..plugins import contract
+from ..progress import Progress
+from ..reports import check_output, make_temp_dir
 from .artifacts import FLOAT_FILE, PORTABLE_FILE, REPORT_FILE, UNET_FILE, VQ_DECODER_FILE, VQ_ENCODER_FILE
 from .graph_builder import DEFAULT_OPSET
 from .layer_params import state_to_numpy
 from .portable import to_portable
+from .provenance import weights_metadata
 from .report import build_report, render_report
 from .unet_graph import build_unet_graph
 from .vq import build_vq_graphs
@@ -88,14 +92,6 @@ def _save(model: onnx.ModelProto, path: Path) -> None:
     onnx.save_model(model, str(path))
 
 
-def _progress(enabled: bool, console: Any):
-    from rich.progress import Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
-
-    return Progress(
-        SpinnerColumn(), TextColumn("{task.description}"), TimeElapsedColumn(), console=console, disable=not enabled, transient=True
-    )
-
-
 def _system_size(cfg: Any, files: Dict[str, Path], vq_precision: Optional[str]) -> Dict[str, Any]:
     """Whole-system size: the written unet.onnx and VQ graphs, estimates for the other precisions."""
     from .system_size import system_sizes
@@ -138,7 +134,7 @@ def export(
     dtype: str = "fp32",
     opset: int = DEFAULT_OPSET,
     force: bool = False,
-    progress: bool = True,
+    progress: Union[bool, Progress, None] = True,
     console: Any = None,
     print_report: bool = True,
     with_vq: Optional[bool] = None,
@@ -146,6 +142,7 @@ def export(
     vq_precision: str = "fp32",
     vq_calibration: Optional[Any] = None,
     vq_calibration_source: Optional[str] = None,
+    fuse_side_branches: bool = True,
 ) -> ExportResult:
     """Export a BiMaCoSR UNet (and optionally its VQ autoencoder) to an artifact directory.
 
@@ -159,10 +156,17 @@ def export(
     ``vq_precision``: fp32 (default), fp16 or int8; int8 needs ``vq_calibration``, the encoder
     inputs to calibrate on (:func:`bimaco_deploy.pipeline.calibration.calibration_samples`),
     named in the report by ``vq_calibration_source``.
+
+    ``fuse_side_branches`` (default on) writes each binary layer of ``unet.onnx`` as one
+    ``bimaco`` node carrying RPReLU, SMB and LRMB (the contract's side-branch attributes):
+    TensorRT then runs one plugin layer per binary layer instead of the plugin plus about
+    ten standard layers, and never materialises the SMB's [N, O*R, H, W] gather (64x the
+    layer's input width on the tiny fixture). Off, the side branches are standard ops, as
+    they always are in ``unet_portable.onnx``, which is the same maths either way.
     """
     from ..models import load_autoencoder, load_config, load_unet
     from ..models.inventory import float_param_count
-    from ..models.checkpoint import read_state_dict
+    from ..models.checkpoint import check_checkpoint_file, read_state_dict
 
     from .vq import ONNX_VQ_PRECISIONS, vq_graphs
 
@@ -176,21 +180,29 @@ def export(
     if opset != DEFAULT_OPSET:
         raise ConfigError(f"only opset {DEFAULT_OPSET} is supported (the graphs use opset-{DEFAULT_OPSET} op forms), got {opset}")
     out_dir = Path(out_dir)
-    if out_dir.exists() and not force:
-        raise ArtifactError(f"{out_dir}: output directory already exists; pass --force to replace it")
-    if out_dir.exists() and not out_dir.is_dir():
-        raise ArtifactError(f"{out_dir}: exists and is not a directory")
+    check_output(out_dir, option="--out", kind="dir", force=force)
+    for path in (ckpt, vq_ckpt):
+        if path is not None:
+            check_checkpoint_file(path)  # named now, before anything is written
+    prog = Progress.of(progress)
     cfg = load_config(config)
     if cfg.unet.binary is None:
         raise ConfigError(f"{cfg.source}: describes a full-precision UNet; export needs a binarized (BiMaCoSR) config")
+    if vq_ckpt is not None and with_vq is False:
+        raise ConfigError(f"--vq-ckpt {vq_ckpt} is not used with --no-vq; drop one of them")
+    if vq_ckpt is not None and cfg.autoencoder is None:
+        raise ConfigError(f"{cfg.source}: a VQ checkpoint was given but the config has no 'autoencoder' section")
     from rich.console import Console
 
     console = console or Console(stderr=True)
-    out_dir.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.tmp-", dir=out_dir.parent))
+    # assembled beside its destination, with the user's normal permissions (not mkdtemp's 0700)
+    tmp = make_temp_dir(out_dir.parent, prefix=f".{out_dir.name}.tmp-")
     try:
-        with _progress(progress, console) as prog:
-            task = prog.add_task("loading the UNet" + (" (random init)" if ckpt is None else ""), total=None)
+        want_vq = (vq_ckpt is not None or ckpt is None) if with_vq is None else with_vq
+        want_vq = want_vq and cfg.autoencoder is not None
+        steps = 4 + int(float_baseline) + int(want_vq)
+        with prog.task("exporting", total=steps, unit="steps") as task:
+            task.note = "loading the UNet" + (" (random init)" if ckpt is None else "")
             if ckpt is None:
                 model = load_unet(cfg, None, seed=seed)
                 state = state_to_numpy(model.state_dict())
@@ -199,14 +211,17 @@ def export(
                 # the raw checkpoint (unwrapped, prefix stripped): the graph writer consumes every
                 # key itself, so dead entries are counted and unknown ones are refused
                 state = state_to_numpy(read_state_dict(ckpt))
-            prog.update(task, description="writing unet.onnx (packing sign bits)")
-            graph = build_unet_graph(cfg.unet, state, float_dtype=DTYPES[dtype], source=str(ckpt or "random init"))
+            task.advance(note="writing unet.onnx (packing sign bits)")
+            graph = build_unet_graph(cfg.unet, state, float_dtype=DTYPES[dtype], source=str(ckpt or "random init"),
+                                     fuse_side_branches=fuse_side_branches)
             del state
             one = cfg.diffusion.one_step() if cfg.diffusion is not None else None
             extra = {
                 **_unet_io_metadata(cfg),
+                **weights_metadata(ckpt, seed),
                 # tensor names around every binary layer: the parity checker cuts single-layer graphs here
                 "binary_layers": json.dumps([[r.name, r.input_name, r.output_name, r.x_rank] for r in graph.layers]),
+                "side_branches": "fused" if fuse_side_branches else "standard",
             }
             if one is not None:
                 extra.update(timestep=str(one.timestep), prior_scale=repr(one.prior_scale), input_scale=repr(one.input_scale))
@@ -214,23 +229,22 @@ def export(
             files: Dict[str, Path] = {}
             _save(graph.model, tmp / UNET_FILE)
             files[UNET_FILE] = tmp / UNET_FILE
-            prog.update(task, description="writing unet_portable.onnx (standard-op expansion)")
+            task.advance(note="writing unet_portable.onnx (standard-op expansion)")
             portable = to_portable(graph.model)
             _save(portable, tmp / PORTABLE_FILE)
             files[PORTABLE_FILE] = tmp / PORTABLE_FILE
             models = {UNET_FILE: graph.model, PORTABLE_FILE: portable}
             if float_baseline:
-                prog.update(task, description="writing unet_float.onnx (the float baseline)")
+                task.advance(note="writing unet_float.onnx (the float baseline)")
                 fmodel = build_float_baseline(cfg, dtype=dtype, seed=seed)
                 _save(fmodel, tmp / FLOAT_FILE)
                 files[FLOAT_FILE] = tmp / FLOAT_FILE
                 models[FLOAT_FILE] = fmodel
             vq_written = None
             vq_info: Dict[str, Any] = {}
-            want_vq = (vq_ckpt is not None or ckpt is None) if with_vq is None else with_vq
-            if cfg.autoencoder is not None and want_vq:
-                prog.update(task, description=f"writing the VQ encoder and decoder ({vq_precision}"
-                            + (", calibrating" if vq_precision == "int8" else "") + ")")
+            if want_vq:
+                task.advance(note=f"writing the VQ encoder and decoder ({vq_precision}"
+                             + (", calibrating" if vq_precision == "int8" else "") + ")")
                 vq = load_autoencoder(cfg.autoencoder, vq_ckpt, seed=seed)
                 enc, dec, vq_info = vq_graphs(cfg.autoencoder, state_to_numpy(vq.state_dict()), vq_precision,
                                               samples=vq_calibration, source=str(vq_ckpt or "random init"))
@@ -238,13 +252,11 @@ def export(
                 graph_dtype = "fp16" if vq_precision == "fp16" else "fp32"
                 for name, m in ((VQ_ENCODER_FILE, enc), (VQ_DECODER_FILE, dec)):
                     own = {p.key: p.value for p in m.metadata_props}  # vq_precision, downscale, quantization
-                    _set_metadata(m, {**_metadata(cfg, graph_dtype, "vq"), **own})
+                    _set_metadata(m, {**_metadata(cfg, graph_dtype, "vq", weights_metadata(vq_ckpt, seed)), **own})
                     _save(m, tmp / name)
                     files[name] = tmp / name
                     models[name] = m
-            elif vq_ckpt is not None:
-                raise ConfigError(f"{cfg.source}: a VQ checkpoint was given but the config has no 'autoencoder' section")
-            prog.update(task, description="writing the report")
+            task.advance(note="writing the report")
             report = build_report(
                 config_path=Path(cfg.source),
                 inputs={"config": Path(cfg.source), "unet_checkpoint": Path(ckpt) if ckpt else None,
@@ -263,6 +275,7 @@ def export(
             )
             report["system_size"] = _system_size(cfg, files, vq_written)
             (tmp / REPORT_FILE).write_text(json.dumps(report, indent=1))
+            task.advance(note="done")
         # publish: move any old directory aside first, so the swap leaves one complete directory
         backup = None
         if out_dir.exists():

@@ -17,19 +17,25 @@ SAME int32 initializers (sign bits, optional zero mask) plus alpha and bias:
   linear: ``MatMul(xb, (alpha * signs)^T) + bias``.
 A float16 X is computed in float32 inside the expansion (the contract's
 reference does the same) and cast back.
+
+A node with fused side branches (``rprelu`` / ``smb`` / ``lrmb_rank``) expands into its
+core as above plus the standard ops the exporter writes for an unfused layer (Add/PRelu/
+Add, the padded-row SMB Gather, two 1x1 Convs or MatMuls), reading the node's own side
+inputs; its SMB rows are decoded by the same int32 subgraph as the shared table.
 """
 
 from __future__ import annotations
 
-from typing import Dict, Optional, Sequence
+from typing import Callable, Dict, Optional, Sequence
 
 import numpy as np
 import onnx
-from onnx import TensorProto, helper
+from onnx import TensorProto, helper, numpy_helper
 
 from ..errors import ArtifactError
 from ..plugins import contract
 from .graph_builder import GraphBuilder
+from .smb_table import emit_csr_decode, emit_smb_rows
 
 
 def _attrs(node: onnx.NodeProto) -> Dict[str, object]:
@@ -122,12 +128,92 @@ def expand_binary_linear(
 
 EXPANSIONS = {contract.CONV_OP: expand_binary_conv2d, contract.LINEAR_OP: expand_binary_linear}
 
+Consts = Callable[[str], np.ndarray]
 
-def expand_node(gb: GraphBuilder, node: onnx.NodeProto, x_is_fp16: bool) -> None:
-    """Emit the expansion of one custom node into ``gb`` (same input and output names)."""
+
+def expand_side_branches(gb: GraphBuilder, node: onnx.NodeProto, core: str, consts: Consts) -> None:
+    """Standard ops for a fused node's side branches, on its core output ``core``, writing the
+    node's output: the same ops (and order of additions) the exporter writes for an unfused
+    layer, reading the node's own side inputs (contract.SIDE_INPUTS)."""
+    attrs = _attrs(node)
+    spec = contract.OPS[node.op_type]
+    at = spec.layout(attrs, len(node.input))
+    ins = list(node.input)
+    x, name, conv = ins[0], node.name, node.op_type == contract.CONV_OP
+    out = node.output[0]
+    has_smb, has_lrmb = "smb_rowptr" in at, "lr_down" in at
+    y = core
+    if "rprelu" in at:
+        table = ins[at["rprelu"]]
+        b0, slope, b1 = (gb.reshape(gb.op("Gather", [table, gb.i64(i)], axis=0, name=f"{name}/rprelu_row{i}"),
+                                    [-1, 1, 1], name=f"{name}/rprelu_{what}")
+                         for i, what in enumerate(("b0", "slope", "b1")))
+        y = gb.op("Add", [y, b0], name=f"{name}/rprelu_b0")
+        y = gb.op("PRelu", [y, slope], name=f"{name}/rprelu")
+        y = gb.op("Add", [y, b1], outputs=[out] if not (has_smb or has_lrmb) else 1, name=f"{name}/rprelu_b1")
+
+    def smb_branch() -> str:
+        rows = int(consts(ins[at["alpha"]]).shape[0])  # O
+        rowptr = contract.unpack_halves(consts(ins[at["smb_rowptr"]]), rows + 1)
+        nnz = int(rowptr[-1])
+        width = max(int(np.diff(rowptr).max(initial=0)), 1)
+        idx2d, value = emit_csr_decode(gb, ins[at["smb_rowptr"]], ins[at["smb_col"]], ins[at["smb_val"]], rows, nnz,
+                                       width, f"{name}/smb_table", rowptr_halves=True)
+        idx = gb.reshape(idx2d, [-1], name=f"{name}/smb_index")
+        # a linear node's output has its input's rank (the exporter declares it)
+        x_rank = 4 if conv else _rank_of(gb, out)
+        return emit_smb_rows(gb, x, idx, value, rows, width, name, conv=conv, x_rank=x_rank)
+
+    def lrmb_branch() -> str:
+        down, up = ins[at["lr_down"]], ins[at["lr_up"]]
+        if conv:
+            d4 = gb.op("Unsqueeze", [down, gb.i64([2, 3])], name=f"{name}/lrmb_down_w")
+            u4 = gb.op("Unsqueeze", [up, gb.i64([2, 3])], name=f"{name}/lrmb_up_w")
+            h = gb.op("Conv", [x, d4], kernel_shape=[1, 1], name=f"{name}/lrmb_down")
+            return gb.op("Conv", [h, u4], kernel_shape=[1, 1], name=f"{name}/lrmb_up")
+        h = gb.op("MatMul", [x, gb.op("Transpose", [down], perm=[1, 0], name=f"{name}/lrmb_down_t")],
+                  name=f"{name}/lrmb_down")
+        return gb.op("MatMul", [h, gb.op("Transpose", [up], perm=[1, 0], name=f"{name}/lrmb_up_t")],
+                     name=f"{name}/lrmb_up")
+
+    if conv:
+        steps = [("smb", smb_branch), ("lrmb", lrmb_branch)]
+    else:
+        steps = [("lrmb", lrmb_branch), ("smb", smb_branch)]
+    present = [(label, fn) for label, fn in steps if (label == "smb" and has_smb) or (label == "lrmb" and has_lrmb)]
+    for i, (label, fn) in enumerate(present):
+        last = i == len(present) - 1
+        y = gb.op("Add", [y, fn()], outputs=[out] if last else 1, name=f"{name}/add_{label}")
+
+
+def _rank_of(gb: GraphBuilder, x: str) -> int:
+    """Rank of a tensor as the graph declares it (value_info, inputs)."""
+    for vi in list(gb.value_info) + list(gb.inputs):
+        if vi.name == x and vi.type.tensor_type.HasField("shape"):
+            return len(vi.type.tensor_type.shape.dim)
+    raise ArtifactError(f"rank of '{x}' is not declared: cannot expand the SMB of the fused linear node writing it")
+
+
+def expand_node(gb: GraphBuilder, node: onnx.NodeProto, x_is_fp16: bool, consts: Optional[Consts] = None) -> None:
+    """Emit the expansion of one custom node into ``gb`` (same input and output names).
+
+    A fused node (side-branch attributes set) also needs ``consts``: initializer name ->
+    array (its SMB row starts give the padded row width).
+    """
     if node.domain != contract.DOMAIN or node.op_type not in EXPANSIONS:
         raise ArtifactError(f"node '{node.name}' ({node.domain}:{node.op_type}) is not a {contract.DOMAIN} op")
-    EXPANSIONS[node.op_type](gb, list(node.input), node.output[0], _attrs(node), node.name, x_is_fp16)
+    attrs = _attrs(node)
+    spec = contract.OPS[node.op_type]
+    if not any(int(attrs.get(a, 0) or 0) for a in spec.side):
+        EXPANSIONS[node.op_type](gb, list(node.input), node.output[0], attrs, node.name, x_is_fp16)
+        return
+    if consts is None:
+        raise ArtifactError(f"node '{node.name}' carries fused side branches: expanding it needs the graph's initializers")
+    at = spec.layout(attrs, len(node.input))
+    core_inputs = [node.input[at[n]] for n in spec.inputs] + ([node.input[at["Wzero"]]] if "Wzero" in at else [])
+    core = gb.fresh(f"{node.name}/core")
+    EXPANSIONS[node.op_type](gb, core_inputs, core, attrs, node.name, x_is_fp16)
+    expand_side_branches(gb, node, core, consts)
 
 
 def to_portable(model: onnx.ModelProto) -> onnx.ModelProto:
@@ -141,6 +227,16 @@ def to_portable(model: onnx.ModelProto) -> onnx.ModelProto:
     fp16 = meta.get("float_dtype", "float32") == "float16"
     gb = GraphBuilder(np.float16 if fp16 else np.float32)
     g = model.graph
+    by_name = {t.name: t for t in g.initializer}
+
+    def consts(name: str) -> np.ndarray:
+        if name not in by_name:
+            raise ArtifactError(f"'{name}' is not an initializer of the graph")
+        return numpy_helper.to_array(by_name[name])
+
+    # declared ranks of graph tensors (fused linear nodes need their input's rank)
+    gb.value_info.extend(g.value_info)
+    gb.inputs.extend(g.input)
     for n in g.node:
         gb.reserve(n.name)
         for o in n.output:
@@ -151,7 +247,7 @@ def to_portable(model: onnx.ModelProto) -> onnx.ModelProto:
         gb.reserve(i.name)
     for node in g.node:
         if node.domain == contract.DOMAIN:
-            expand_node(gb, node, fp16)
+            expand_node(gb, node, fp16, consts)
         else:
             gb.nodes.append(node)
     new_graph = helper.make_graph(
@@ -166,6 +262,7 @@ def to_portable(model: onnx.ModelProto) -> onnx.ModelProto:
     opsets = [o for o in model.opset_import if o.domain not in (contract.DOMAIN,)]
     out = helper.make_model(new_graph, opset_imports=opsets, producer_name=model.producer_name, ir_version=model.ir_version)
     meta["graph_form"] = "portable"
+    meta["side_branches"] = "standard"
     helper.set_model_props(out, meta)
     return out
 

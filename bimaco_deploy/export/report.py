@@ -90,6 +90,7 @@ def initializer_breakdown(model: onnx.ModelProto) -> Dict[str, int]:
         ".rprelu_": "rprelu",
         ".lrmb_": "lrmb",
         "smb_table.": "smb",
+        ".smb_": "smb",  # a fused node's own CSR (rowptr, col, val)
     }
     out: Dict[str, int] = collections.defaultdict(int)
     for t in model.graph.initializer:

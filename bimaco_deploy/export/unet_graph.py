@@ -70,6 +70,7 @@ class _UNetWriter:
         expose_binary_inputs: bool,
         source: str,
         float_model: bool = False,
+        fuse_side_branches: bool = True,
     ):
         if cfg.binary is None and not float_model:
             raise ConfigError("the config describes a full-precision UNet; only binarized (BiMaCoSR) configs are exported")
@@ -83,6 +84,7 @@ class _UNetWriter:
         self.reader = StateReader(state, source)
         self.gb = GraphBuilder(float_dtype)
         self.portable = portable
+        self.fuse = fuse_side_branches and not portable
         self.expose = expose_binary_inputs
         self.float_model = float_model  # every "binary" slot as a plain Conv / MatMul (the float baseline)
         self.records: List[BinaryLayerRecord] = []
@@ -94,7 +96,7 @@ class _UNetWriter:
         if self.float_model:
             return self._fp_conv(prefix, x, cin, cout, k, stride)
         layer = read_binary_conv(self.reader, prefix, cin, cout, k, stride, k // 2)
-        y = emit_binary_conv(self.gb, layer, x, portable=self.portable)
+        y = emit_binary_conv(self.gb, layer, x, portable=self.portable, fuse=self.fuse)
         self.records.append(BinaryLayerRecord(layer, x, y, 4))
         return y
 
@@ -102,7 +104,7 @@ class _UNetWriter:
         if self.float_model:
             return self._fp_linear(prefix, x, kin, kout)
         layer = read_binary_linear(self.reader, prefix, kin, kout)
-        y = emit_binary_linear(self.gb, layer, x, portable=self.portable, x_rank=rank)
+        y = emit_binary_linear(self.gb, layer, x, portable=self.portable, x_rank=rank, fuse=self.fuse)
         self.records.append(BinaryLayerRecord(layer, x, y, rank))
         return y
 
@@ -408,6 +410,7 @@ def build_unet_graph(
     expose_binary_inputs: bool = False,
     source: str = "checkpoint",
     float_model: bool = False,
+    fuse_side_branches: bool = True,
 ) -> UNetGraph:
     """Write the UNet as ONNX (custom ``bimaco`` nodes, or the portable form) from config + state.
 
@@ -417,9 +420,12 @@ def build_unet_graph(
     writes the float twin (``cfg`` without binarization, its plain Conv2d/Linear weights)
     through the same writer, so the baseline differs from the binary graph only in its
     layers: the float model "exported the same way" that benchmarks compare against.
+    ``fuse_side_branches`` (custom form only): RPReLU, SMB and LRMB inside the ``bimaco``
+    nodes, applied in the plugin's GEMM epilogue (see :mod:`.onnx_nodes`); False writes them
+    as standard ops, as the portable form always does.
     """
     writer = _UNetWriter(
         cfg, state, portable=portable, float_dtype=np.dtype(float_dtype), expose_binary_inputs=expose_binary_inputs,
-        source=source, float_model=float_model,
+        source=source, float_model=float_model, fuse_side_branches=fuse_side_branches,
     )
     return writer.build()

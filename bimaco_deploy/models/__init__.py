@@ -15,7 +15,7 @@ from torch import nn
 
 from ..errors import CheckpointError
 from .binary_layers import BinaryConv2d, BinaryLinear
-from .checkpoint import load_state_dict_strict, read_state_dict
+from .checkpoint import check_checkpoint_file, load_state_dict_strict, read_state_dict
 from .config import ModelConfig, float_twin, load_config, load_vq_config
 from .unet import SwinUNet, build_unet, iter_binary_layers
 
@@ -92,10 +92,14 @@ def load_unet(
     seed 0 unless given). The model is returned in eval mode, float32, without grads.
     """
     cfg = config_path if isinstance(config_path, ModelConfig) else load_config(config_path)
+    if ckpt_path is not None:
+        check_checkpoint_file(ckpt_path)  # a bad file is named before the model is built (SVD init takes seconds)
     torch_state = torch.random.get_rng_state()
     try:
         torch.manual_seed(0 if seed is None else seed)
-        model = build_unet(cfg.unet)
+        # with a checkpoint every tensor is overwritten by the strict load: skip the SVD init, which
+        # costs seconds (torch's threaded SVD on small matrices is slow on busy machines)
+        model = build_unet(cfg.unet, init=ckpt_path is None)
         if ckpt_path is None:
             random_init_(model, 0 if seed is None else seed)
     finally:

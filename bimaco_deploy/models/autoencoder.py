@@ -8,7 +8,7 @@ parameter names mirror the checkpoint keys (``encoder.down.0.block.0.norm1.weigh
 Inference path of the sampler: ``encode`` does NOT quantize; ``decode`` quantizes first
 (nearest codebook vector per latent pixel), then ``post_quant_conv`` and the decoder.
 Everything is full precision; the sampler runs this model in float16 when the config
-says ``use_fp16: true`` (see :class:`~bimaco_deploy.runtime.pipeline.OneStepSR`).
+says ``use_fp16: true`` (see :class:`~bimaco_deploy.pipeline.onestep.OneStepSR`).
 """
 
 from __future__ import annotations
@@ -21,7 +21,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ..errors import ConfigError
-from .checkpoint import load_state_dict_strict, read_state_dict
+from .checkpoint import check_checkpoint_file, load_state_dict_strict, read_state_dict
 from .config import VQConfig, load_vq_config
 
 PathLike = Union[str, Path]
@@ -363,6 +363,8 @@ def load_autoencoder(
     cfg = config_path if isinstance(config_path, VQConfig) else load_vq_config(config_path)
     source = "autoencoder" if isinstance(config_path, VQConfig) else str(config_path)
     _check_config(cfg, source)
+    if ckpt_path is not None:
+        check_checkpoint_file(ckpt_path)  # a bad file is named before the model is built
     model = build_autoencoder(cfg, seed=seed)
     if ckpt_path is not None:
         load_state_dict_strict(model, read_state_dict(ckpt_path), source=ckpt_path, what="autoencoder")

@@ -417,6 +417,10 @@ def load_config(path: PathLike) -> ModelConfig:
     whose ``unet`` is None is NOT allowed here; use :func:`load_vq_config` for that.
     """
     source, data = _read_yaml(path)
+    return _model_config(source, data)
+
+
+def _model_config(source: Path, data: Dict[str, Any]) -> ModelConfig:
     root = _Section(data, source, "")
     return ModelConfig(
         source=source,
@@ -425,6 +429,18 @@ def load_config(path: PathLike) -> ModelConfig:
         autoencoder=_parse_autoencoder(root),
         raw=data,
     )
+
+
+def load_config_text(text: str, source: PathLike) -> ModelConfig:
+    """A config from YAML text, e.g. the copy an exported artifact carries in its metadata;
+    ``source`` names it in messages (and becomes ``ModelConfig.source``)."""
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as e:
+        raise ConfigError(f"{source}: cannot read config as YAML: {e}") from e
+    if not isinstance(data, dict):
+        raise ConfigError(f"{source}: expected a YAML mapping at the top level")
+    return _model_config(Path(source), data)
 
 
 def load_vq_config(path: PathLike) -> VQConfig:

@@ -62,8 +62,13 @@ class Inventory:
     exact_zero_latent_weights: Optional[int] = None
     notes: List[str] = field(default_factory=list)
 
+    @property
+    def binary_layers(self) -> int:
+        """Every binary layer: BinaryConv2d and BinaryLinear together (178 in the published model)."""
+        return self.binary_conv_layers + self.binary_linear_layers
+
     def to_dict(self) -> dict:
-        return asdict(self)
+        return {"binary_layers": self.binary_layers, **asdict(self)}
 
 
 def _dead_counts(model: SwinUNet) -> int:
@@ -177,7 +182,7 @@ def render_inventory(inv: Inventory):
     t = Table(title=f"bimaco-deploy inspect: {inv.config}", show_lines=False)
     t.add_column("item")
     t.add_column("value", justify="right")
-    t.add_row("binary layers", f"{inv.binary_conv_layers + inv.binary_linear_layers}")
+    t.add_row("binary layers", f"{inv.binary_layers}")
     t.add_row("  BinaryConv2d", f"{inv.binary_conv_layers} ({', '.join(f'{k}: {v}' for k, v in inv.conv_by_kernel.items())})")
     t.add_row("  BinaryLinear", f"{inv.binary_linear_layers}")
     t.add_row("BMB latent weights (1 bit each)", f"{c.bmb_weights:,}")

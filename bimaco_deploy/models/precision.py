@@ -60,7 +60,9 @@ def parse_precision(text: Optional[str], what: str = "--vq-precision") -> Option
 
 
 def default_precision(device: Union[str, torch.device] = "cpu") -> str:
-    """fp16 on a GPU, fp32 on a CPU."""
+    """fp16 on a GPU, fp32 on a CPU ("auto": a GPU when torch sees one)."""
+    if str(device) == "auto":
+        return "fp16" if torch.cuda.is_available() else "fp32"
     return "fp16" if torch.device(device).type == "cuda" else "fp32"
 
 

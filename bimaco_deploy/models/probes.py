@@ -29,7 +29,7 @@ def capture_binary_inputs(
 
     Yields a dict {layer name: input tensor (detached clone)} filled in execution order.
     ``layers`` (name, module) pairs replace the default, the model's reference binary
-    layers (e.g. the packed layers of :func:`bimaco_deploy.runtime.packed_torch.pack_unet`).
+    layers (e.g. the packed layers of :func:`bimaco_deploy.backends.packed_torch.pack_unet`).
     """
     captured: Dict[str, torch.Tensor] = {}
     handles = []
@@ -196,3 +196,133 @@ def explain_divergence(
         explained=err <= atol,
         first_divergence=None if first is None else (first[1], first[2]),
     )
+
+
+def explain_output_divergence(
+    run: Callable[[Dict[str, List[Override]]], Tuple[torch.Tensor, Dict[str, torch.Tensor]]],
+    layers: Dict[str, nn.Module],
+    order: List[str],
+    reference_out: np.ndarray,
+    *,
+    atol: float = 1e-5,
+    flip_margin: float = 1e-6,
+    max_flips: int = 4,
+    max_candidates: int = 6,
+) -> DivergenceExplanation:
+    """:func:`explain_divergence` for a reference known only through its output.
+
+    With no record of where the reference binarized, the candidates are our own nonzero
+    elements whose margin is below ``flip_margin``, the ``max_candidates`` smallest first
+    (rounding flips elements within a few ulps of zero; margins that small are rare).
+    Greedily give the one that lowers the output error most the other sign, and repeat
+    while the error drops. Exact zeros are not candidates: GELU underflow makes them
+    exactly zero under any summation order.
+    """
+    chosen: List[Tuple[str, int, float, int]] = []
+    overrides: Dict[str, List[Override]] = {}
+    out, cap = run(overrides)
+    err = float(np.abs(out.numpy() - reference_out).max())
+    while err > atol and len(chosen) < max_flips:
+        taken = {(c[0], c[1]) for c in chosen}
+        candidates = []
+        for name in order:
+            flat = cap[name].reshape(-1).numpy()
+            m = sign_margins(layers[name], cap[name]).reshape(-1).numpy()
+            for i in np.flatnonzero((m < flip_margin) & (flat != 0)).tolist():
+                if (name, i) not in taken:
+                    candidates.append((float(m[i]), name, i, -int(np.sign(flat[i]))))
+        best = None
+        for m, name, i, target in sorted(candidates)[:max_candidates]:
+            trial = {k: list(v) for k, v in overrides.items()}
+            trial.setdefault(name, []).append((i, target, m))
+            t_out, t_cap = run(trial)
+            t_err = float(np.abs(t_out.numpy() - reference_out).max())
+            if best is None or t_err < best[0]:
+                best = (t_err, t_cap, trial, (name, i, m, target))
+            if t_err <= atol:
+                break
+        if best is None or best[0] >= err:
+            break
+        err, cap, overrides, flip = best
+        chosen.append(flip)
+    return DivergenceExplanation(flips=chosen, max_abs_error=err, explained=err <= atol, first_divergence=None)
+
+
+@dataclass
+class BackendExplanation:
+    """Result of :func:`explain_backend_divergence`.
+
+    ``flips``: (layer, flat index, our margin there, the backend's sign), the elements the
+    reference was forced to; ``blocking``: the first disagreement that is NOT fragile (a bug:
+    (layer, flat index, our margin)); ``max_abs_error``: forced reference vs backend output.
+    """
+
+    flips: List[Tuple[str, int, float, int]]
+    blocking: Optional[Tuple[str, int, float]]
+    max_abs_error: float
+    explained: bool
+
+    def summary(self) -> str:
+        """One line: 'match', 'explained: N flips, margin <= M', or why not."""
+        if self.blocking is not None:
+            name, idx, m = self.blocking
+            return f"non-fragile sign disagreement in {name} at {idx} (margin {m:.1e}): a bug, not rounding"
+        if not self.explained:
+            return f"not explained: {len(self.flips)} fragile flips leave a max abs error of {self.max_abs_error:.2e}"
+        if not self.flips:
+            return f"match (max abs error {self.max_abs_error:.1e})"
+        n = len(self.flips)
+        return f"explained: {n} flip{'' if n == 1 else 's'}, margin <= {max(f[2] for f in self.flips):.1e}"
+
+
+def explain_backend_divergence(
+    model: nn.Module,
+    inputs: Tuple[torch.Tensor, ...],
+    backend_out: np.ndarray,
+    backend_inputs: Dict[str, np.ndarray],
+    *,
+    fragile_margin: float,
+    atol: float,
+    max_flips: int = 16,
+) -> BackendExplanation:
+    """Does a backend compute what the reference computes, up to rounding-level sign choices?
+
+    The backend's binary-layer inputs are known (``backend_inputs``, per layer name). Run the
+    reference; at the first layer whose binarized input (sign, or exact zero) disagrees with
+    the backend's, every disagreeing element must be fragile (our margin below
+    ``fragile_margin``): force the reference to the backend's sign there and run again, layer
+    after layer, until the sign patterns agree everywhere. Then the forced reference output
+    must equal ``backend_out`` within ``atol``. A non-fragile disagreement, more than
+    ``max_flips`` flips, or an output that still differs is not rounding. Deterministic:
+    no search, because the backend says which sign it took.
+    """
+    layers = dict(iter_binary_layers(model))
+    overrides: Dict[str, List[Override]] = {}
+    flips: List[Tuple[str, int, float, int]] = []
+    while True:
+        # forcing first: the capture hook then records what the layer really binarizes
+        with torch.no_grad(), force_signs(model, overrides), capture_binary_inputs(model) as cap:
+            out = model(*inputs).detach().numpy()
+        err = float(np.abs(out - backend_out).max()) if out.shape == np.shape(backend_out) else float("inf")
+        for name, layer in layers.items():
+            ours = cap[name].reshape(-1).numpy()
+            theirs = np.asarray(backend_inputs[name], dtype=np.float32).reshape(-1)
+            if ours.shape != theirs.shape:
+                raise ValueError(f"layer '{name}': backend input has {theirs.size} elements, the reference {ours.size}")
+            diff = np.flatnonzero(np.sign(ours) != np.sign(theirs))
+            if diff.size:
+                break
+        else:
+            return BackendExplanation(flips, None, err, err <= atol)
+        ours_m = sign_margins(layer, cap[name]).reshape(-1).numpy()
+        bad = diff[ours_m[diff] >= fragile_margin]
+        if bad.size:
+            return BackendExplanation(flips, (name, int(bad[0]), float(ours_m[bad[0]])), err, False)
+        if len(flips) + diff.size > max_flips:
+            return BackendExplanation(flips, None, err, False)
+        # where we hold an exact zero, give it the backend's own margin (its scale is ours to rounding)
+        theirs_m = sign_margins(layer, torch.from_numpy(theirs.reshape(cap[name].shape))).reshape(-1).numpy()
+        for i in diff.tolist():
+            target = int(np.sign(theirs[i]))
+            overrides.setdefault(name, []).append((i, target, float(theirs_m[i])))
+            flips.append((name, i, float(ours_m[i]), target))

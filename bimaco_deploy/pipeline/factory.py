@@ -8,7 +8,7 @@ from typing import Callable, Optional, Union
 
 import torch
 
-from ..backends import BackendSpec, make_backend
+from ..backends import Backend, BackendSpec, make_backend
 from ..errors import ConfigError
 from ..models.config import ModelConfig
 from ..models.precision import TORCH_DTYPES, resolve_precision
@@ -18,7 +18,8 @@ PathLike = Union[str, Path]
 
 
 def make_autoencoder(spec: BackendSpec, vq_ckpt: Optional[PathLike] = None, precision: Optional[str] = None, *,
-                     calib: Optional[PathLike] = None, say: Optional[Callable[[str], None]] = None):
+                     calib: Optional[PathLike] = None, say: Optional[Callable[[str], None]] = None,
+                     backend: Optional[Backend] = None):
     """The autoencoder of backend ``spec.name`` at ``precision`` (None: the device default).
 
     Where the backend runs ONNX graphs it lacks (int8 on the torch backends, any precision on
@@ -33,7 +34,7 @@ def make_autoencoder(spec: BackendSpec, vq_ckpt: Optional[PathLike] = None, prec
     def graphs(p: str) -> Path:
         return ensure_vq_graphs(spec.config, vq_ckpt, p, seed=spec.seed, calib=calib, say=say)
 
-    return make_backend(spec).autoencoder(vq_ckpt, precision, graphs=graphs)
+    return (backend or make_backend(spec)).autoencoder(vq_ckpt, precision, graphs=graphs)
 
 
 def make_pipeline(
@@ -50,6 +51,9 @@ def make_pipeline(
 
     ``vq_precision``: fp32 | fp16 | bf16 | int8 (None: fp32 on CPU, fp16 on GPU); see
     :mod:`~bimaco_deploy.models.precision`. ``vq_dtype`` is the older spelling (a torch dtype).
+    The pipeline's ``run_info`` says what runs: the backend, the UNet's weights, which
+    autoencoder (ONNX graphs or torch, its precision and weights), and whether either uses
+    random weights (outputs are then noise).
     """
     if vq_dtype is not None:
         by_dtype = {v: k for k, v in TORCH_DTYPES.items()}
@@ -57,8 +61,21 @@ def make_pipeline(
             raise ConfigError(f"give one of vq_precision / vq_dtype (a torch float dtype), got {vq_precision!r}, {vq_dtype}")
         vq_precision = by_dtype[vq_dtype]
     backend = make_backend(spec)
-    vq = make_autoencoder(spec, vq_ckpt, vq_precision, calib=calib, say=say)
-    return OneStepSR(backend.unet(), vq, spec.config, pad_multiple=pad_multiple)
+    unet = backend.unet()
+    vq = make_autoencoder(spec, vq_ckpt, vq_precision, calib=calib, say=say, backend=backend)
+    pipe = OneStepSR(unet, vq, spec.config, pad_multiple=pad_multiple)
+    vq_meta = getattr(vq, "metadata", None)
+    vq_random = vq_meta.get("weights") == "random_init" if isinstance(vq_meta, dict) else vq_ckpt is None
+    pipe.run_info = {
+        "backend": spec.name,
+        "config": str(spec.config.source),
+        "unet": backend.describe_unet(),
+        "unet_random_weights": backend.random_weights(),
+        "autoencoder": backend.describe_autoencoder(vq, vq_ckpt),
+        "autoencoder_precision": pipe.vq_precision,
+        "autoencoder_random_weights": bool(vq_random),
+    }
+    return pipe
 
 
 def reference_pipeline(

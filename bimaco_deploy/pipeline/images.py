@@ -7,8 +7,6 @@ Conventions follow the original sampler: RGB channel order, float32 in [0, 1] as
 
 from __future__ import annotations
 
-import os
-import tempfile
 from pathlib import Path
 from typing import Union
 
@@ -17,6 +15,7 @@ import torch
 from PIL import Image, UnidentifiedImageError
 
 from ..errors import InputError
+from ..reports import atomic_output
 
 PathLike = Union[str, Path]
 
@@ -26,12 +25,6 @@ IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp", ".p
 # modes whose samples are not 8-bit: converting them to RGB would clip or rescale
 # silently, so they are refused instead of guessed at
 _UNSUPPORTED_MODES = ("I", "I;16", "I;16B", "I;16L", "I;16N", "F")
-
-
-def _umask() -> int:
-    mask = os.umask(0)
-    os.umask(mask)
-    return mask
 
 
 def read_image_uint8(path: PathLike) -> np.ndarray:
@@ -95,20 +88,6 @@ def save_png(path: PathLike, img: Union[np.ndarray, torch.Tensor]) -> Path:
     arr = tensor_to_uint8(img) if isinstance(img, torch.Tensor) else img
     if arr.dtype != np.uint8 or arr.ndim != 3 or arr.shape[2] != 3:
         raise InputError(f"{path}: expected a uint8 [H, W, 3] image, got {arr.dtype} {arr.shape}")
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            Image.fromarray(np.ascontiguousarray(arr)).save(f, format="PNG")
-            f.flush()
-            os.fsync(f.fileno())
-        # mkstemp makes the file 0600; give the result the permissions a plain open() would
-        os.chmod(tmp, 0o666 & ~_umask())
-        os.replace(tmp, path)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except FileNotFoundError:
-            pass
-        raise
+    with atomic_output(path) as f:  # temp file beside it, user permissions, rename
+        Image.fromarray(np.ascontiguousarray(arr)).save(f, format="PNG")
     return path

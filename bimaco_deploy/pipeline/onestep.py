@@ -172,14 +172,34 @@ class OneStepSR:
     @torch.no_grad()
     def encode(self, lr_upsampled: Tensor) -> Tensor:
         """Step 4b: VQ encode (no quantization) at the autoencoder's precision, times scale_factor (float32)."""
-        z = torch.as_tensor(self.vq.encode(lr_upsampled)).to(device=self.device, dtype=torch.float32)
-        return z * self.scale_factor
+        return self.scale_latent(self.vq_encode(lr_upsampled))
+
+    @torch.no_grad()
+    def vq_encode(self, lr_upsampled: Tensor) -> Tensor:
+        """The autoencoder's part of step 4b: its raw latent (it computes at its own precision)."""
+        return self.vq.encode(lr_upsampled)
+
+    def scale_latent(self, z: Tensor) -> Tensor:
+        """The rest of step 4b: times scale_factor in the latent's own dtype, then float32."""
+        return torch.as_tensor(z * self.scale_factor).to(device=self.device, dtype=torch.float32)
 
     @torch.no_grad()
     def decode(self, pred_x0: Tensor) -> Tensor:
         """Step 9: VQ decode (quantizing first) of pred_x0 / scale_factor at the autoencoder's precision (float32)."""
-        z = (1.0 / self.scale_factor) * pred_x0
+        return self.vq_decode(self.unscale_latent(pred_x0))
+
+    def unscale_latent(self, pred_x0: Tensor) -> Tensor:
+        """The first part of step 9: pred_x0 / scale_factor (float32)."""
+        return (1.0 / self.scale_factor) * pred_x0
+
+    @torch.no_grad()
+    def vq_decode(self, z: Tensor) -> Tensor:
+        """The autoencoder's part of step 9: decode (quantizing first) at its own precision, to float32."""
         return torch.as_tensor(self.vq.decode(z)).to(device=self.device, dtype=torch.float32)
+
+    def crop(self, decoded: Tensor, height: int, width: int) -> Tensor:
+        """Step 10: the decoded image cropped to sf x the LR size before padding."""
+        return decoded[:, :, : height * self.sf, : width * self.sf]
 
     def prior(self, z_y: Tensor, noise: Tensor) -> Tensor:
         """Step 6: x_T = z_y + k * eps."""
@@ -228,7 +248,7 @@ class OneStepSR:
             got = tuple(out.shape) if isinstance(out, Tensor) else type(out).__name__
             raise InputError(f"the UNet returned {got}; expected a tensor of shape {tuple(x_in.shape)}")
         out = out.to(device=self.device, dtype=torch.float32)
-        decoded = self.decode(out)[:, :, : h * self.sf, : w * self.sf]
+        decoded = self.crop(self.decode(out), h, w)
         sr = decoded.clamp(-1.0, 1.0) * 0.5 + 0.5
         return {
             "y0_padded": y0,

@@ -131,6 +131,38 @@ def default_vq_batch(pipeline: OneStepSR, height: int, width: int) -> int:
     return max(1, int(free // 4 // max(1, autoencoder_tile_bytes(pipeline, height, width))))
 
 
+class TileCanvas:
+    """The blending half of tiling: add each tile's [-1, 1] SR in tile order, then :meth:`result`.
+
+    Overlaps are plain averages (sum / count), as in the original. Tiles must be added in
+    index order: float sums of overlapping pixels depend on the order of the additions.
+    Used by :func:`super_resolve` and by the Triton tiler (:mod:`bimaco_deploy.serving`),
+    which gets each tile's SR from a server instead of a local pipeline.
+    """
+
+    def __init__(self, batch: int, height: int, width: int, sf: int, device: Optional[torch.device] = None):
+        self.sf = sf
+        self.canvas = torch.zeros((batch, 3, height * sf, width * sf), dtype=torch.float32, device=device)
+        self.count = torch.zeros_like(self.canvas)
+        self._next = 0
+
+    def add(self, t: Tile, sr_signed: Tensor) -> None:
+        """Add tile ``t``'s SR in [-1, 1], [N, 3, sf*t.height, sf*t.width]."""
+        if t.index != self._next:
+            raise InputError(f"tile {t.index} added out of order (expected tile {self._next})")
+        sf = self.sf
+        rows = slice(t.top * sf, (t.top + t.height) * sf)
+        cols = slice(t.left * sf, (t.left + t.width) * sf)
+        self.canvas[:, :, rows, cols] += sr_signed
+        self.count[:, :, rows, cols] += 1
+        self._next += 1
+
+    def result(self) -> Tensor:
+        """The blended SR in [0, 1]."""
+        # every pixel is covered: the last start of each axis is length - tile
+        return self.canvas.div(self.count) * 0.5 + 0.5
+
+
 @torch.no_grad()
 def super_resolve(
     pipeline: OneStepSR,
@@ -140,14 +172,14 @@ def super_resolve(
     tile: int = 256,
     stride: Optional[int] = None,
     vq_batch: Optional[int] = None,
-    progress: Optional[Callable[[int, int], None]] = None,
+    on_tile: Optional[Callable[[int, int], None]] = None,
 ) -> Tensor:
     """SR of an LR image [N, 3, H, W] in [0, 1] -> [N, 3, sf*H, sf*W] in [0, 1], tiling when needed.
 
     Without tiling (H, W <= tile) this is ``pipeline(lr01, generator=tile_generator(seed, 0))``.
     ``vq_batch``: tiles per autoencoder call (default :func:`default_vq_batch`); 1 reproduces
-    tile-by-tile runs exactly, larger batches within float rounding. ``progress(done, total)``
-    is called after every tile.
+    tile-by-tile runs exactly, larger batches within float rounding. ``on_tile(done, total)``
+    is called after each tile (progress of one large image).
     """
     if lr01.dim() != 4 or lr01.shape[1] != 3:
         raise InputError(f"expected an LR image tensor [N, 3, H, W], got shape {tuple(lr01.shape)}")
@@ -155,29 +187,21 @@ def super_resolve(
         raise InputError(f"vq_batch must be at least 1, got {vq_batch}")
     n, _, h, w = lr01.shape
     tiles = plan_tiles(h, w, tile, stride)
-    sf = pipeline.sf
     if len(tiles) == 1:
         out = pipeline(lr01, generator=tile_generator(seed, 0))
-        if progress is not None:
-            progress(1, 1)
+        if on_tile is not None:
+            on_tile(1, 1)
         return out
     batch = vq_batch or default_vq_batch(pipeline, tiles[0].height, tiles[0].width)
-    canvas = torch.zeros((n, 3, h * sf, w * sf), dtype=torch.float32, device=pipeline.device)
-    count = torch.zeros_like(canvas)
-    done = 0
+    canvas = TileCanvas(n, h, w, pipeline.sf, device=pipeline.device)
     for start in range(0, len(tiles), batch):
         group = tiles[start : start + batch]
         crops = torch.cat([crop for _, crop in iter_tiles(lr01, group)], dim=0)  # every tile has one size
         for t, sr in zip(group, _tiles_signed(pipeline, crops, group, n, seed)):
-            rows = slice(t.top * sf, (t.top + t.height) * sf)
-            cols = slice(t.left * sf, (t.left + t.width) * sf)
-            canvas[:, :, rows, cols] += sr
-            count[:, :, rows, cols] += 1
-            done += 1
-            if progress is not None:
-                progress(done, len(tiles))
-    # every pixel is covered: the last start of each axis is length - tile
-    return canvas.div(count) * 0.5 + 0.5
+            canvas.add(t, sr)
+            if on_tile is not None:
+                on_tile(t.index + 1, len(tiles))
+    return canvas.result()
 
 
 def _tiles_signed(pipeline: OneStepSR, crops: Tensor, group: List[Tile], n: int, seed: int) -> List[Tensor]:

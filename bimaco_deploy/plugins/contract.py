@@ -18,12 +18,32 @@ Semantics (see DESIGN.md, "The op contract"):
   dot_k`` where ``s`` is the per-pixel mean of |X| over channels (0 at padded
   pixels) and ``dot_k`` is the exact integer sum of sgn(X) * sgnW over channels.
 * BinaryLinear: ``Y = bias + alpha * s * dot`` with ``s`` the per-row mean of |X|.
+
+Fused side branches (attributes ``rprelu``, ``smb``, ``lrmb_rank``, all 0 by default: the
+plain op above). A BiMaCoSR binary layer is the core plus full-precision side branches;
+a node may carry them, applied to the core's output in the reference's order:
+
+* conv:   ``Y = ((RPReLU(core) + SMB(X)) + LRMB(X))``
+* linear: ``Y = ((core + LRMB(X)) + SMB(X))``
+
+with ``RPReLU(v) = P(v + b0) + b1``, ``P(u) = u if u > 0 else slope * u`` (per output
+channel); ``SMB(X)[.., o, ..] = sum over o's entries e of val[e] * X[.., col[e], ..]``
+(entries ``rowptr[o] .. rowptr[o+1]-1``, CSR over output channels, summed in entry
+order); ``LRMB(X) = up (down X)`` over the channel axis (rank ``lrmb_rank``). Each branch
+is summed on its own, then added. SMB and LRMB read X at the output's own pixel: a conv
+that carries them has stride 1 and an output the size of its input. The extra inputs
+follow bias (and Wzero, when present) in this order, as many as the attributes announce:
+``rprelu`` [3, O] (rows b0, slope, b1), ``smb_rowptr`` int32 [ceil((O + 1) / 2)] and
+``smb_col`` int32 [ceil(nnz / 2)] (16-bit row starts and column indices, two per word:
+:func:`smb_csr`), ``smb_val`` [nnz], ``lr_down`` [r, C], ``lr_up`` [O, r]; the float ones
+in X's dtype. The CPU ops ``binary_conv2d_fused`` / ``binary_linear_fused`` compute the
+same maths (int32 row starts, int16 column table, float32 only).
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Optional, Sequence, Tuple
+from typing import Dict, Mapping, Optional, Sequence, Tuple
 
 import numpy as np
 
@@ -51,6 +71,18 @@ class AttrSpec:
     default: object = None
 
 
+#: Side-branch attributes and the inputs each one adds (when nonzero), in input order.
+SIDE_INPUTS = {
+    "rprelu": ("rprelu",),
+    "smb": ("smb_rowptr", "smb_col", "smb_val"),
+    "lrmb_rank": ("lr_down", "lr_up"),
+}
+#: Side inputs that are int32; the others have X's float dtype.
+SIDE_INT_INPUTS = ("smb_rowptr", "smb_col")
+#: The largest LRMB rank the kernels take (the published model uses 8).
+MAX_LRMB_RANK = 64
+
+
 @dataclass(frozen=True)
 class OpSpec:
     """Name, inputs, attributes and output of one custom op."""
@@ -60,12 +92,34 @@ class OpSpec:
     optional_inputs: Tuple[str, ...]
     outputs: Tuple[str, ...]
     attributes: Tuple[AttrSpec, ...] = field(default_factory=tuple)
+    #: side-branch attributes this op accepts, in the order their inputs follow
+    side: Tuple[str, ...] = ()
 
     def attribute(self, name: str) -> AttrSpec:
         for a in self.attributes:
             if a.name == name:
                 return a
         raise KeyError(f"{self.name} has no attribute {name!r}")
+
+    def input_names(self, attrs: Mapping[str, object], has_wzero: bool) -> Tuple[str, ...]:
+        """Every input of a node with these attributes, in order."""
+        names = self.inputs + (("Wzero",) if has_wzero else ())
+        for a in self.side:
+            if int(attrs.get(a, 0) or 0):  # type: ignore[call-overload]
+                names += SIDE_INPUTS[a]
+        return names
+
+    def layout(self, attrs: Mapping[str, object], n_inputs: int) -> Dict[str, int]:
+        """Input name -> position for a node with these attributes and ``n_inputs`` inputs.
+
+        Wzero is told apart by the count alone: the side inputs are fixed by the attributes.
+        """
+        for has_wzero in (False, True):
+            names = self.input_names(attrs, has_wzero)
+            if len(names) == n_inputs:
+                return {n: i for i, n in enumerate(names)}
+        want = len(self.input_names(attrs, False))
+        raise ValueError(f"{self.name} with {dict(attrs)} takes {want} or {want + 1} inputs, got {n_inputs}")
 
 
 _PLUGIN_ATTRS = (
@@ -76,23 +130,29 @@ _PLUGIN_ATTRS = (
 BINARY_CONV2D = OpSpec(
     name=CONV_OP,
     inputs=("X", "Wbits", "alpha", "bias"),
-    optional_inputs=("Wzero",),
+    optional_inputs=("Wzero",) + SIDE_INPUTS["rprelu"] + SIDE_INPUTS["smb"] + SIDE_INPUTS["lrmb_rank"],
     outputs=("Y",),
     attributes=(
         AttrSpec("in_channels", "INT"),
         AttrSpec("kernel_shape", "INTS"),
         AttrSpec("strides", "INTS", (1, 1)),
         AttrSpec("pads", "INTS", (0, 0, 0, 0)),  # ONNX order: top, left, bottom, right
+        AttrSpec("rprelu", "INT", 0),
+        AttrSpec("smb", "INT", 0),
+        AttrSpec("lrmb_rank", "INT", 0),
     )
     + _PLUGIN_ATTRS,
+    side=("rprelu", "smb", "lrmb_rank"),
 )
 
 BINARY_LINEAR = OpSpec(
     name=LINEAR_OP,
     inputs=("X", "Wbits", "alpha", "bias"),
-    optional_inputs=("Wzero",),
+    optional_inputs=("Wzero",) + SIDE_INPUTS["smb"] + SIDE_INPUTS["lrmb_rank"],
     outputs=("Y",),
-    attributes=(AttrSpec("in_features", "INT"),) + _PLUGIN_ATTRS,
+    attributes=(AttrSpec("in_features", "INT"), AttrSpec("smb", "INT", 0), AttrSpec("lrmb_rank", "INT", 0))
+    + _PLUGIN_ATTRS,
+    side=("smb", "lrmb_rank"),
 )
 
 OPS = {BINARY_CONV2D.name: BINARY_CONV2D, BINARY_LINEAR.name: BINARY_LINEAR}
@@ -184,6 +244,51 @@ def unpack_weight_signs(bits: np.ndarray, channels: int, zero: Optional[np.ndarr
     return sgn
 
 
+# --------------------------------------------------------------------------- 16-bit tables
+
+#: The fused SMB's index tables hold 16-bit entries, two per int32 word: entry 2j in bits
+#: 0-15 and entry 2j+1 in bits 16-31 of word j. On a little-endian machine these words are
+#: byte for byte an int16 array (the CPU kernels' column table is one). Entries stay below
+#: 2^15, so every word is non-negative and standard int32 Div/Mod can take it apart.
+HALF_BITS = 16
+#: SMB column indices are input channels below this.
+SMB_MAX_CHANNELS = 1 << 15
+#: A fused node's SMB row starts run up to its entry count: at most this many entries.
+SMB_MAX_ENTRIES = (1 << 15) - 1
+
+
+def pack_halves(values: np.ndarray) -> np.ndarray:
+    """Integers [n] (each in [0, 2^15)) -> int32 words [ceil(n/2)], two 16-bit entries per word."""
+    c = np.asarray(values, dtype=np.int64).reshape(-1)
+    if c.size and (c.min() < 0 or c.max() >= 1 << 15):
+        raise ValueError(f"16-bit table entries must lie in [0, {1 << 15}), got {c.min()}..{c.max()}")
+    padded = np.zeros(2 * ((c.size + 1) // 2), np.int64)
+    padded[: c.size] = c
+    pairs = padded.reshape(-1, 2)
+    return (pairs[:, 0] | (pairs[:, 1] << HALF_BITS)).astype(np.int32)
+
+
+def unpack_halves(words: np.ndarray, count: int) -> np.ndarray:
+    """Inverse of :func:`pack_halves`: the first ``count`` entries, int64."""
+    w = np.asarray(words, dtype=np.int64).reshape(-1)
+    if w.size != (count + 1) // 2:
+        raise ValueError(f"{w.size} words do not hold exactly {count} 16-bit entries (need {(count + 1) // 2})")
+    both = np.stack([w & 0xFFFF, (w >> HALF_BITS) & 0xFFFF], axis=1).reshape(-1)
+    return both[:count]
+
+
+def smb_csr(counts: np.ndarray, cols: np.ndarray) -> Tuple[np.ndarray, np.ndarray]:
+    """A fused node's SMB index tables from per-row counts and the entries' columns:
+    (smb_rowptr, smb_col), both 16-bit entries packed by :func:`pack_halves`."""
+    counts = np.asarray(counts, np.int64)
+    nnz = int(counts.sum())
+    if nnz > SMB_MAX_ENTRIES:
+        raise ValueError(f"{nnz} SMB entries in one layer exceed the fused form's {SMB_MAX_ENTRIES}")
+    if np.size(cols) and int(np.max(cols)) >= SMB_MAX_CHANNELS:
+        raise ValueError(f"SMB column {int(np.max(cols))} is beyond the {SMB_MAX_CHANNELS} channels a table holds")
+    return pack_halves(np.concatenate([[0], np.cumsum(counts)])), pack_halves(cols)
+
+
 # --------------------------------------------------------------------------- shapes
 
 
@@ -250,6 +355,75 @@ def binary_conv2d_reference(
     y = bias.astype(np.float64)[None, :, None, None] + alpha.astype(np.float64)[None, :, None, None] * y
     y = y.astype(np.float32).astype(out_dtype)
     return (y, dots) if return_int else y
+
+
+def side_branches_reference(
+    x: np.ndarray,
+    core: np.ndarray,
+    *,
+    conv: bool,
+    rprelu: Optional[np.ndarray] = None,
+    smb_rowptr: Optional[np.ndarray] = None,
+    smb_col: Optional[np.ndarray] = None,
+    smb_val: Optional[np.ndarray] = None,
+    lr_down: Optional[np.ndarray] = None,
+    lr_up: Optional[np.ndarray] = None,
+) -> np.ndarray:
+    """The fused side branches on a core output, in float64 (then X's dtype).
+
+    ``x``: the layer input ([N, C, H, W] or [..., K]); ``core``: the contract op's output
+    (same pixel grid for conv: stride 1, same size, whenever SMB or LRMB is given);
+    ``smb_rowptr`` / ``smb_col`` as :func:`smb_csr` writes them. Order as the module docstring.
+    """
+    out_dtype = core.dtype
+    xf = np.asarray(x, np.float64)
+    y = np.asarray(core, np.float64)
+    axis = 1 if conv else xf.ndim - 1
+    o = y.shape[axis]
+
+    def per_channel(v: np.ndarray) -> np.ndarray:
+        shape = [1] * y.ndim
+        shape[axis] = -1
+        return np.asarray(v, np.float64).reshape(shape)
+
+    def smb() -> np.ndarray:
+        rowptr = unpack_halves(smb_rowptr, o + 1)
+        nnz = int(rowptr[-1])
+        cols = unpack_halves(smb_col, nnz)
+        vals = np.asarray(smb_val, np.float64)
+        out = np.zeros_like(y)
+        for oc in range(o):
+            acc = 0.0
+            for e in range(rowptr[oc], rowptr[oc + 1]):
+                acc = acc + vals[e] * np.take(xf, cols[e], axis=axis)
+            idx = [slice(None)] * y.ndim
+            idx[axis] = oc
+            out[tuple(idx)] = acc
+        return out
+
+    def lrmb() -> np.ndarray:
+        down, up = np.asarray(lr_down, np.float64), np.asarray(lr_up, np.float64)
+        t = np.tensordot(xf, down, axes=([axis], [1]))  # channel axis last: [..., r]
+        low = np.tensordot(t, up, axes=([t.ndim - 1], [1]))  # [..., O]
+        return np.moveaxis(low, low.ndim - 1, axis)
+
+    if rprelu is not None:
+        if not conv:
+            raise ValueError("RPReLU belongs to conv layers")
+        b0, slope, b1 = (per_channel(r) for r in np.asarray(rprelu))
+        u = y + b0
+        y = np.where(u > 0, u, slope * u) + b1
+    if conv:
+        if smb_rowptr is not None:
+            y = y + smb()
+        if lr_down is not None:
+            y = y + lrmb()
+    else:
+        if lr_down is not None:
+            y = y + lrmb()
+        if smb_rowptr is not None:
+            y = y + smb()
+    return y.astype(np.float32).astype(out_dtype)
 
 
 def binary_linear_reference(

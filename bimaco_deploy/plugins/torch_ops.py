@@ -66,17 +66,33 @@ def ops_available() -> bool:
     if _available is None:
         try:
             native.load_libraries()
-            _available = hasattr(torch.ops.bimaco, "binary_conv2d") and "cpu" in native.load_libraries()
-            if not _available:
+            ok = hasattr(torch.ops.bimaco, "binary_conv2d") and "cpu" in native.load_libraries()
+            if not ok:
                 _load_error = (
                     f"{native.CPU_LIB_NAME} is not built in {native.build_dir()} "
                     "(run `python -m bimaco_deploy.plugins.native build`)"
                 )
         except (BackendUnavailable, AttributeError, RuntimeError) as err:
-            _available, _load_error = False, str(err)
-        if _available:
+            ok, _load_error = False, str(err)
+        if ok:
             _register_fakes()
+            _apply_isa_from_environment()  # raises on a bad value: every later call raises too
+        _available = ok
     return bool(_available)
+
+
+#: Environment variable that forces the CPU kernels onto one instruction set for the whole
+#: process (e.g. ``avx2`` or ``scalar`` on an AVX-512 machine), to test every ISA from one machine.
+ISA_ENV = "BIMACO_CPU_ISA"
+
+
+def _apply_isa_from_environment() -> None:
+    import os
+
+    wanted = os.environ.get(ISA_ENV, "").strip()
+    if wanted and wanted != "auto" and not torch.ops.bimaco.cpu_set_isa(wanted):
+        available = tuple(s for s in str(torch.ops.bimaco.cpu_available_isas()).split(",") if s)
+        raise BackendUnavailable(f"${ISA_ENV}={wanted!r} is not available on this CPU; available: {', '.join(available)}")
 
 
 def cuda_ops_available() -> bool:

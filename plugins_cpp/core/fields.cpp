@@ -74,12 +74,12 @@ const char* op_name(OpKind kind) { return kind == OpKind::kConv2d ? kConvOpName 
 
 std::vector<FieldSpec> field_specs(OpKind kind) {
   if (kind == OpKind::kConv2d) {
-    return {{"in_channels", FieldType::kInt32, 1},
-            {"kernel_shape", FieldType::kInt32, 2},
-            {"strides", FieldType::kInt32, 2},
-            {"pads", FieldType::kInt32, 4}};
+    return {{"in_channels", FieldType::kInt32, 1},  {"kernel_shape", FieldType::kInt32, 2},
+            {"strides", FieldType::kInt32, 2},      {"pads", FieldType::kInt32, 4},
+            {kAttrRprelu, FieldType::kInt32, 1},    {kAttrSmb, FieldType::kInt32, 1},
+            {kAttrLrmbRank, FieldType::kInt32, 1}};
   }
-  return {{"in_features", FieldType::kInt32, 1}};
+  return {{"in_features", FieldType::kInt32, 1}, {kAttrSmb, FieldType::kInt32, 1}, {kAttrLrmbRank, FieldType::kInt32, 1}};
 }
 
 Status parse_fields(OpKind kind, const std::vector<FieldView>& fields, const std::string& layer, OpParams* out) {
@@ -113,6 +113,15 @@ Status parse_fields(OpKind kind, const std::vector<FieldView>& fields, const std
     } else if (kind == OpKind::kLinear && f.name == "in_features") {
       st = take_ints(f, ctx, 1, &p.linear.in_features);
       have_in = true;
+    } else if ((kind == OpKind::kConv2d && f.name == kAttrRprelu) || f.name == kAttrSmb) {
+      int flag = 0;
+      st = take_ints(f, ctx, 1, &flag);
+      if (st.ok && flag != 0 && flag != 1) {
+        st = Status::Error(ctx + ": field '" + f.name + "' must be 0 or 1, got " + std::to_string(flag));
+      }
+      (f.name == kAttrSmb ? p.side.smb : p.side.rprelu) = flag == 1;
+    } else if (f.name == kAttrLrmbRank) {
+      st = take_ints(f, ctx, 1, &p.side.lrmb_rank);
     } else {
       // An attribute we do not know would change the maths silently if ignored.
       std::string known;
@@ -137,9 +146,17 @@ Status parse_fields(OpKind kind, const std::vector<FieldView>& fields, const std
 
 Status validate_params(const OpParams& p, const std::string& layer) {
   const std::string ctx = where(p.kind, layer);
+  if (p.side.lrmb_rank < 0 || p.side.lrmb_rank > kMaxLrmbRank) {
+    return Status::Error(ctx + ": lrmb_rank must lie in [0, " + std::to_string(kMaxLrmbRank) + "], got " +
+                         std::to_string(p.side.lrmb_rank));
+  }
   if (p.kind == OpKind::kLinear) {
     if (p.linear.in_features <= 0) {
       return Status::Error(ctx + ": in_features must be positive, got " + std::to_string(p.linear.in_features));
+    }
+    if (p.side.rprelu) return Status::Error(ctx + ": RPReLU belongs to conv layers");
+    if (p.side.smb && p.linear.in_features > kSmbMaxChannels) {
+      return Status::Error(ctx + ": SMB columns hold at most " + std::to_string(kSmbMaxChannels) + " inputs");
     }
     return Status::Ok();
   }
@@ -164,18 +181,38 @@ Status validate_params(const OpParams& p, const std::string& layer) {
                            std::to_string(c.pads[3]) + "]");
     }
   }
+  if (p.side.reads_input()) {
+    // SMB and LRMB add X at the output's own pixel: the output grid must be the input grid.
+    for (int i = 0; i < 2; ++i) {
+      if (c.strides[i] != 1 || c.pads[i] + c.pads[i + 2] != c.kernel[i] - 1) {
+        return Status::Error(ctx + ": SMB/LRMB need stride 1 and an output the size of the input (pads summing to "
+                             "kernel - 1 per axis), got strides [" + std::to_string(c.strides[0]) + ", " +
+                             std::to_string(c.strides[1]) + "], kernel [" + std::to_string(c.kernel[0]) + ", " +
+                             std::to_string(c.kernel[1]) + "]");
+      }
+    }
+    if (p.side.smb && c.in_channels > kSmbMaxChannels) {
+      return Status::Error(ctx + ": SMB columns hold at most " + std::to_string(kSmbMaxChannels) + " inputs");
+    }
+  }
   return Status::Ok();
 }
 
 std::vector<OwnedField> serialize_fields(const OpParams& p) {
+  const SideParams& sd = p.side;
   if (p.kind == OpKind::kLinear) {
-    return {{"in_features", FieldType::kInt32, {p.linear.in_features}}};
+    return {{"in_features", FieldType::kInt32, {p.linear.in_features}},
+            {kAttrSmb, FieldType::kInt32, {sd.smb ? 1 : 0}},
+            {kAttrLrmbRank, FieldType::kInt32, {sd.lrmb_rank}}};
   }
   const ConvParams& c = p.conv;
   return {{"in_channels", FieldType::kInt32, {c.in_channels}},
           {"kernel_shape", FieldType::kInt32, {c.kernel[0], c.kernel[1]}},
           {"strides", FieldType::kInt32, {c.strides[0], c.strides[1]}},
-          {"pads", FieldType::kInt32, {c.pads[0], c.pads[1], c.pads[2], c.pads[3]}}};
+          {"pads", FieldType::kInt32, {c.pads[0], c.pads[1], c.pads[2], c.pads[3]}},
+          {kAttrRprelu, FieldType::kInt32, {sd.rprelu ? 1 : 0}},
+          {kAttrSmb, FieldType::kInt32, {sd.smb ? 1 : 0}},
+          {kAttrLrmbRank, FieldType::kInt32, {sd.lrmb_rank}}};
 }
 
 std::string params_key(const OpParams& p) {
@@ -188,11 +225,14 @@ std::string params_key(const OpParams& p) {
     os << "_c" << c.in_channels << "_k" << c.kernel[0] << "x" << c.kernel[1] << "_s" << c.strides[0] << "x"
        << c.strides[1] << "_p" << c.pads[0] << "." << c.pads[1] << "." << c.pads[2] << "." << c.pads[3];
   }
+  // the fused epilogue is part of what TensorRT times: a fused layer never shares a plain one's entry
+  if (p.side.any()) os << "_side" << (p.side.rprelu ? "R" : "") << (p.side.smb ? "S" : "") << p.side.lrmb_rank;
   return os.str();
 }
 
 bool operator==(const OpParams& a, const OpParams& b) {
   if (a.kind != b.kind) return false;
+  if (a.side.rprelu != b.side.rprelu || a.side.smb != b.side.smb || a.side.lrmb_rank != b.side.lrmb_rank) return false;
   if (a.kind == OpKind::kLinear) return a.linear.in_features == b.linear.in_features;
   const ConvParams &x = a.conv, &y = b.conv;
   return x.in_channels == y.in_channels && std::memcmp(x.kernel, y.kernel, sizeof x.kernel) == 0 &&

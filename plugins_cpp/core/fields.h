@@ -64,11 +64,24 @@ struct LinearParams {
   int in_features = 0;
 };
 
+// The fused side branches a node carries (attributes rprelu, smb, lrmb_rank of the
+// contract; all off: the plain op). Each one adds inputs after bias / Wzero.
+struct SideParams {
+  bool rprelu = false;  // conv only
+  bool smb = false;
+  int lrmb_rank = 0;
+  bool any() const { return rprelu || smb || lrmb_rank > 0; }
+  // SMB or LRMB read X at the output pixel: a conv needs stride 1 and "same" padding.
+  bool reads_input() const { return smb || lrmb_rank > 0; }
+  int extra_inputs() const { return (rprelu ? 1 : 0) + (smb ? 3 : 0) + (lrmb_rank > 0 ? 2 : 0); }
+};
+
 // Attributes of one plugin instance. Only the member matching `kind` is meaningful.
 struct OpParams {
   OpKind kind = OpKind::kConv2d;
   ConvParams conv;
   LinearParams linear;
+  SideParams side;
 };
 
 // The fields a creator advertises, in serialization order.
@@ -76,7 +89,7 @@ std::vector<FieldSpec> field_specs(OpKind kind);
 
 // Parse a field list (as handed to createPlugin, at build or runtime phase) into
 // params. Every field has a default except in_channels / kernel_shape /
-// in_features; "plugin_version" and "plugin_namespace" (kChar), when present,
+// in_features (the side-branch fields default to 0: the plain op); "plugin_version" and "plugin_namespace" (kChar), when present,
 // must match the contract. `layer` names the node in error messages.
 Status parse_fields(OpKind kind, const std::vector<FieldView>& fields, const std::string& layer, OpParams* out);
 

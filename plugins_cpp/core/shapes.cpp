@@ -8,46 +8,92 @@ namespace core {
 
 namespace {
 
-const char* const kInputNames[kMaxInputs] = {"X", "Wbits", "alpha", "bias", "Wzero"};
-
 std::string where(const OpParams& p, const std::string& layer) {
   std::string s = op_name(p.kind);
   if (!layer.empty()) s += " '" + layer + "'";
   return s;
 }
 
-std::string dims_str(const std::vector<int64_t>& d) {
+std::string dims_str(const Dims& d) {
   std::ostringstream os;
   os << "[";
   for (size_t i = 0; i < d.size(); ++i) os << (i ? ", " : "") << (d[i] < 0 ? std::string("?") : std::to_string(d[i]));
+  if (d.rank() > Dims::kMax) os << ", ...";
   os << "]";
   return os.str();
 }
 
-std::string expect_str(const std::vector<int64_t>& d) { return dims_str(d); }
-
 // Compare known dims of `t` with `want` (-1 in want: any).
-Status check_dims(const std::string& ctx, int index, const TensorInfo& t, const std::vector<int64_t>& want) {
-  bool ok = t.dims.size() == want.size();
+Status check_dims(const OpParams& p, const std::string& layer, int index, const char* name, const TensorInfo& t,
+                  const Dims& want) {
+  bool ok = t.dims.rank() == want.rank();
   for (size_t i = 0; ok && i < want.size(); ++i) {
     if (want[i] >= 0 && t.dims[i] >= 0 && t.dims[i] != want[i]) ok = false;
   }
   if (!ok) {
-    return Status::Error(ctx + ": input " + std::to_string(index) + " (" + kInputNames[index] + ") has shape " +
-                         dims_str(t.dims) + ", expected " + expect_str(want));
+    return Status::Error(where(p, layer) + ": input " + std::to_string(index) + " (" + name + ") has shape " +
+                         dims_str(t.dims) + ", expected " + dims_str(want));
   }
   return Status::Ok();
 }
 
-Status check_type(const std::string& ctx, int index, const TensorInfo& t, TensorType want) {
+Status check_type(const OpParams& p, const std::string& layer, int index, const char* name, const TensorInfo& t,
+                  TensorType want) {
   if (t.type != want) {
-    return Status::Error(ctx + ": input " + std::to_string(index) + " (" + kInputNames[index] + ") is " +
+    return Status::Error(where(p, layer) + ": input " + std::to_string(index) + " (" + name + ") is " +
                          type_name(t.type) + ", expected " + type_name(want));
   }
   return Status::Ok();
 }
 
+// The side inputs: shapes from O, C, rank and nnz (the length of smb_val); types int32
+// for the SMB index tables, X's type for the rest.
+Status check_side_inputs(const OpParams& p, const InputLayout& l, const TensorInfo* in, int64_t o,
+                         const std::string& layer) {
+  const int64_t c = p.kind == OpKind::kConv2d ? p.conv.in_channels : p.linear.in_features;
+  const TensorType xt = in[0].type;
+  Status st;
+  if (l.rprelu >= 0) {
+    if (!(st = check_dims(p, layer, l.rprelu, "rprelu", in[l.rprelu], {3, o})).ok) return st;
+    if (!(st = check_type(p, layer, l.rprelu, "rprelu", in[l.rprelu], xt)).ok) return st;
+  }
+  if (l.smb_rowptr >= 0) {
+    const int64_t nnz = in[l.smb_val].dims.rank() == 1 ? in[l.smb_val].dims[0] : -2;
+    if (nnz == -2) {
+      return Status::Error(where(p, layer) + ": input " + std::to_string(l.smb_val) + " (smb_val) has shape " +
+                           dims_str(in[l.smb_val].dims) + ", expected [nnz]");
+    }
+    if (nnz > kSmbMaxEntries) {
+      return Status::Error(where(p, layer) + ": input " + std::to_string(l.smb_val) + " (smb_val) has " +
+                           std::to_string(nnz) + " entries; a node's 16-bit row starts hold at most " +
+                           std::to_string(kSmbMaxEntries));
+    }
+    // 16-bit row starts and columns, two per int32 word (contract.h)
+    const int64_t o_words = o < 0 ? -1 : (o + 2) / 2, words = nnz < 0 ? -1 : (nnz + 1) / 2;
+    if (!(st = check_dims(p, layer, l.smb_rowptr, "smb_rowptr", in[l.smb_rowptr], {o_words})).ok) return st;
+    if (!(st = check_dims(p, layer, l.smb_col, "smb_col", in[l.smb_col], {words})).ok) return st;
+    if (!(st = check_type(p, layer, l.smb_rowptr, "smb_rowptr", in[l.smb_rowptr], TensorType::kInt32)).ok) return st;
+    if (!(st = check_type(p, layer, l.smb_col, "smb_col", in[l.smb_col], TensorType::kInt32)).ok) return st;
+    if (!(st = check_type(p, layer, l.smb_val, "smb_val", in[l.smb_val], xt)).ok) return st;
+  }
+  if (l.lr_down >= 0) {
+    const int64_t r = p.side.lrmb_rank;
+    if (!(st = check_dims(p, layer, l.lr_down, "lr_down", in[l.lr_down], {r, c})).ok) return st;
+    if (!(st = check_dims(p, layer, l.lr_up, "lr_up", in[l.lr_up], {o, r})).ok) return st;
+    if (!(st = check_type(p, layer, l.lr_down, "lr_down", in[l.lr_down], xt)).ok) return st;
+    if (!(st = check_type(p, layer, l.lr_up, "lr_up", in[l.lr_up], xt)).ok) return st;
+  }
+  return Status::Ok();
+}
+
 }  // namespace
+
+bool Dims::operator==(const Dims& o) const {
+  if (n_ != o.n_) return false;
+  for (size_t i = 0; i < size(); ++i)
+    if (d_[i] != o.d_[i]) return false;
+  return true;
+}
 
 const char* type_name(TensorType t) {
   switch (t) {
@@ -62,53 +108,75 @@ TensorType output_type(TensorType x) {
   return (x == TensorType::kFloat32 || x == TensorType::kFloat16) ? x : TensorType::kOther;
 }
 
-Status check_inputs(const OpParams& p, const std::vector<TensorInfo>& in, const std::string& layer) {
-  const std::string ctx = where(p, layer);
-  const int n = static_cast<int>(in.size());
-  if (n < kMinInputs || n > kMaxInputs) {
-    return Status::Error(ctx + ": has " + std::to_string(n) +
-                         " inputs, expected 4 (X, Wbits, alpha, bias) or 5 (with Wzero)");
+Status input_layout(const OpParams& p, int n, const std::string& layer, InputLayout* out) {
+  const int base = kMinInputs + p.side.extra_inputs();
+  InputLayout l;
+  int next = kMinInputs;
+  if (n == base + 1) {
+    l.wzero = next++;
+  } else if (n != base) {
+    return Status::Error(where(p, layer) + ": has " + std::to_string(n) + " inputs, expected " +
+                         std::to_string(base) + " (X, Wbits, alpha, bias" + (p.side.any() ? ", side inputs" : "") +
+                         ") or " + std::to_string(base + 1) + " (with Wzero after bias)");
   }
-  if (output_type(in[0].type) == TensorType::kOther) {
-    return Status::Error(ctx + ": input 0 (X) is " + type_name(in[0].type) + ", expected float32 or float16");
+  if (p.side.rprelu) l.rprelu = next++;
+  if (p.side.smb) {
+    l.smb_rowptr = next++;
+    l.smb_col = next++;
+    l.smb_val = next++;
   }
-  // O from Wbits when known; alpha/bias/Wzero must agree with it.
-  const int64_t o = in[1].dims.empty() ? -1 : in[1].dims[0];
-  Status st;
-  if (p.kind == OpKind::kConv2d) {
-    const ConvParams& c = p.conv;
-    if (in[0].dims.size() != 4) {
-      return Status::Error(ctx + ": input 0 (X) has shape " + dims_str(in[0].dims) + ", expected 4-D [N, " +
-                           std::to_string(c.in_channels) + ", H, W]");
-    }
-    if (!(st = check_dims(ctx, 0, in[0], {-1, c.in_channels, -1, -1})).ok) return st;
-    const std::vector<int64_t> wshape = {o, c.kernel[0], c.kernel[1], num_words(c.in_channels)};
-    if (!(st = check_dims(ctx, 1, in[1], wshape)).ok) return st;
-    if (n == 5 && !(st = check_dims(ctx, 4, in[4], wshape)).ok) return st;
-  } else {
-    const int k = p.linear.in_features;
-    if (in[0].dims.empty()) {
-      return Status::Error(ctx + ": input 0 (X) is a scalar, expected [..., " + std::to_string(k) + "]");
-    }
-    std::vector<int64_t> xshape(in[0].dims.size(), -1);
-    xshape.back() = k;
-    if (!(st = check_dims(ctx, 0, in[0], xshape)).ok) return st;
-    const std::vector<int64_t> wshape = {o, num_words(k)};
-    if (!(st = check_dims(ctx, 1, in[1], wshape)).ok) return st;
-    if (n == 5 && !(st = check_dims(ctx, 4, in[4], wshape)).ok) return st;
+  if (p.side.lrmb_rank > 0) {
+    l.lr_down = next++;
+    l.lr_up = next++;
   }
-  if (!(st = check_type(ctx, 1, in[1], TensorType::kInt32)).ok) return st;
-  if (!(st = check_type(ctx, 2, in[2], TensorType::kFloat32)).ok) return st;
-  if (!(st = check_type(ctx, 3, in[3], TensorType::kFloat32)).ok) return st;
-  if (n == 5 && !(st = check_type(ctx, 4, in[4], TensorType::kInt32)).ok) return st;
-  if (!(st = check_dims(ctx, 2, in[2], {o})).ok) return st;
-  if (!(st = check_dims(ctx, 3, in[3], {o})).ok) return st;
+  l.count = n;
+  *out = l;
   return Status::Ok();
 }
 
-Status output_dims(const OpParams& p, const std::vector<TensorInfo>& in, const std::string& layer,
-                   std::vector<int64_t>* out) {
-  Status st = check_inputs(p, in, layer);
+Status check_inputs(const OpParams& p, const TensorInfo* in, int n, const std::string& layer) {
+  InputLayout l;
+  Status st = input_layout(p, n, layer, &l);
+  if (!st.ok) return st;
+  if (output_type(in[0].type) == TensorType::kOther) {
+    return Status::Error(where(p, layer) + ": input 0 (X) is " + type_name(in[0].type) +
+                         ", expected float32 or float16");
+  }
+  // O from Wbits when known; alpha/bias/Wzero must agree with it.
+  const int64_t o = in[1].dims.empty() ? -1 : in[1].dims[0];
+  Dims wshape;
+  if (p.kind == OpKind::kConv2d) {
+    const ConvParams& c = p.conv;
+    if (in[0].dims.rank() != 4) {
+      return Status::Error(where(p, layer) + ": input 0 (X) has shape " + dims_str(in[0].dims) +
+                           ", expected 4-D [N, " + std::to_string(c.in_channels) + ", H, W]");
+    }
+    if (!(st = check_dims(p, layer, 0, "X", in[0], {-1, c.in_channels, -1, -1})).ok) return st;
+    wshape = {o, c.kernel[0], c.kernel[1], num_words(c.in_channels)};
+  } else {
+    const int k = p.linear.in_features;
+    if (in[0].dims.empty()) {
+      return Status::Error(where(p, layer) + ": input 0 (X) is a scalar, expected [..., " + std::to_string(k) + "]");
+    }
+    Dims xshape;
+    for (int i = 0; i < in[0].dims.rank(); ++i) xshape.push_back(-1);
+    xshape.back() = k;
+    if (!(st = check_dims(p, layer, 0, "X", in[0], xshape)).ok) return st;
+    wshape = {o, num_words(k)};
+  }
+  if (!(st = check_dims(p, layer, 1, "Wbits", in[1], wshape)).ok) return st;
+  if (l.wzero >= 0 && !(st = check_dims(p, layer, l.wzero, "Wzero", in[l.wzero], wshape)).ok) return st;
+  if (!(st = check_type(p, layer, 1, "Wbits", in[1], TensorType::kInt32)).ok) return st;
+  if (!(st = check_type(p, layer, 2, "alpha", in[2], TensorType::kFloat32)).ok) return st;
+  if (!(st = check_type(p, layer, 3, "bias", in[3], TensorType::kFloat32)).ok) return st;
+  if (l.wzero >= 0 && !(st = check_type(p, layer, l.wzero, "Wzero", in[l.wzero], TensorType::kInt32)).ok) return st;
+  if (!(st = check_dims(p, layer, 2, "alpha", in[2], {o})).ok) return st;
+  if (!(st = check_dims(p, layer, 3, "bias", in[3], {o})).ok) return st;
+  return check_side_inputs(p, l, in, o, layer);
+}
+
+Status output_dims(const OpParams& p, const TensorInfo* in, int n, const std::string& layer, Dims* out) {
+  Status st = check_inputs(p, in, n, layer);
   if (!st.ok) return st;
   const int64_t o = in[1].dims[0];
   if (p.kind == OpKind::kLinear) {
@@ -118,7 +186,7 @@ Status output_dims(const OpParams& p, const std::vector<TensorInfo>& in, const s
   }
   const ConvParams& c = p.conv;
   IntArith a;
-  std::vector<int64_t> y = {in[0].dims[0], o, -1, -1};
+  Dims y = {in[0].dims[0], o, -1, -1};
   for (int axis = 0; axis < 2; ++axis) {
     const int64_t size = in[0].dims[2 + axis];
     if (size < 0) continue;
@@ -135,35 +203,38 @@ Status output_dims(const OpParams& p, const std::vector<TensorInfo>& in, const s
   return Status::Ok();
 }
 
-bool supports_combination(int pos, const TensorInfo* io, int nb_inputs, int nb_outputs) {
-  if (nb_outputs != 1 || nb_inputs < kMinInputs || nb_inputs > kMaxInputs) return false;
+bool supports_combination(const OpParams& p, int pos, const TensorInfo* io, int nb_inputs, int nb_outputs) {
+  InputLayout l;
+  if (nb_outputs != 1 || !input_layout(p, nb_inputs, std::string(), &l).ok) return false;
   if (pos < 0 || pos > nb_inputs) return false;
   const TensorInfo& t = io[pos];
   if (!t.linear) return false;
   if (pos == nb_inputs) return t.type == io[0].type;  // Y has the dtype of X
   if (pos == 0) return t.type == TensorType::kFloat32 || t.type == TensorType::kFloat16;
-  if (pos == 1 || pos == 4) return t.type == TensorType::kInt32;  // Wbits, Wzero
-  return t.type == TensorType::kFloat32;                          // alpha, bias
+  if (l.is_int(pos)) return t.type == TensorType::kInt32;  // Wbits, Wzero, SMB index tables
+  if (l.is_side_float(pos)) return t.type == io[0].type;   // side parameters follow X
+  return t.type == TensorType::kFloat32;                   // alpha, bias
 }
 
-Status plan_launch(const OpParams& p, const std::vector<TensorInfo>& in, const std::string& layer, LaunchPlan* out) {
-  Status st = check_inputs(p, in, layer);
+Status plan_launch(const OpParams& p, const TensorInfo* in, int n, const std::string& layer, LaunchPlan* out) {
+  Status st = check_inputs(p, in, n, layer);
   if (!st.ok) return st;
-  const std::string ctx = where(p, layer);
-  for (const TensorInfo& t : in) {
-    for (int64_t d : t.dims) {
-      if (d < 0) return Status::Error(ctx + ": launch needs concrete shapes, got " + dims_str(t.dims));
-      if (d > INT32_MAX) return Status::Error(ctx + ": dimension " + std::to_string(d) + " exceeds int32");
+  for (int i = 0; i < n; ++i) {
+    for (int64_t d : in[i].dims) {
+      if (d < 0) return Status::Error(where(p, layer) + ": launch needs concrete shapes, got " + dims_str(in[i].dims));
+      if (d > INT32_MAX) return Status::Error(where(p, layer) + ": dimension " + std::to_string(d) + " exceeds int32");
     }
   }
   LaunchPlan plan;
   plan.kind = p.kind;
   plan.dtype = in[0].type == TensorType::kFloat16 ? DType::kFloat16 : DType::kFloat32;
-  plan.has_wzero = in.size() == 5;
+  if (!(st = input_layout(p, n, layer, &plan.layout)).ok) return st;
+  plan.has_wzero = plan.layout.wzero >= 0;
+  plan.side = p.side;
+  plan.smb_nnz = plan.layout.smb_val >= 0 ? in[plan.layout.smb_val].dims[0] : 0;
+  if (!(st = output_dims(p, in, n, layer, &plan.y_dims)).ok) return st;
   const int o = static_cast<int>(in[1].dims[0]);
   if (p.kind == OpKind::kConv2d) {
-    std::vector<int64_t> y;
-    if (!(st = output_dims(p, in, layer, &y)).ok) return st;
     ConvShape s;
     s.n = static_cast<int>(in[0].dims[0]);
     s.c = p.conv.in_channels;
@@ -190,6 +261,42 @@ Status plan_launch(const OpParams& p, const std::vector<TensorInfo>& in, const s
     plan.empty = s.rows == 0 || s.o == 0;
   }
   *out = plan;
+  return Status::Ok();
+}
+
+Status check_output(const LaunchPlan& plan, const TensorInfo& y, const std::string& layer) {
+  const TensorType want = plan.dtype == DType::kFloat16 ? TensorType::kFloat16 : TensorType::kFloat32;
+  if (y.type != want || !y.linear || y.dims != plan.y_dims) {
+    OpParams p;
+    p.kind = plan.kind;
+    return Status::Error(where(p, layer) + ": output is " + type_name(y.type) + (y.linear ? " " : " (non-linear) ") +
+                         dims_str(y.dims) + ", the launch writes " + type_name(want) + " " + dims_str(plan.y_dims));
+  }
+  return Status::Ok();
+}
+
+Status LaunchCache::plan(const OpParams& p, const TensorInfo* in, int n, const TensorInfo* y, const std::string& layer,
+                         const LaunchPlan** out) {
+  bool same = valid_ && n == n_;
+  for (int i = 0; same && i < n; ++i) same = in[i] == last_[i];
+  if (!same) {
+    valid_ = false;
+    if (n < 0 || n > kMaxIo) {
+      OpParams q = p;
+      return Status::Error(where(q, layer) + ": " + std::to_string(n) + " inputs is more than any bimaco op takes");
+    }
+    Status st = plan_launch(p, in, n, layer, &plan_);
+    if (!st.ok) return st;
+    for (int i = 0; i < n; ++i) last_[i] = in[i];
+    n_ = n;
+    valid_ = true;
+    ++replans_;
+  }
+  if (y != nullptr) {
+    Status st = check_output(plan_, *y, layer);
+    if (!st.ok) return st;
+  }
+  *out = &plan_;
   return Status::Ok();
 }
 

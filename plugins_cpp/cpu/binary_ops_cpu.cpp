@@ -73,11 +73,15 @@ int lanes_of(Isa isa) {
 
 using GemmFn = void (*)(const Gemm&, const Tile&);
 
-bool side_avx2(Isa isa) { return isa == Isa::kAvx2 || isa == Isa::kAvx512; }
+#if defined(__x86_64__) || defined(_M_X64)
+// The AVX2 builds of the non-GEMM helpers (packing, side branches, transposes) serve the
+// AVX-512 kernel too.
+bool avx2_helpers(Isa isa) { return isa == Isa::kAvx2 || isa == Isa::kAvx512; }
+#endif
 
 GemmFn side_of(Isa isa) {
 #if defined(__x86_64__) || defined(_M_X64)
-  if (side_avx2(isa)) return detail::side_avx2;
+  if (avx2_helpers(isa)) return detail::side_avx2;
 #endif
   (void)isa;
   return detail::side_generic;
@@ -85,7 +89,7 @@ GemmFn side_of(Isa isa) {
 
 detail::DownPlanesFn down_planes_of(Isa isa) {
 #if defined(__x86_64__) || defined(_M_X64)
-  if (side_avx2(isa)) return detail::down_planes_avx2;
+  if (avx2_helpers(isa)) return detail::down_planes_avx2;
 #endif
   (void)isa;
   return detail::down_planes_generic;
@@ -93,7 +97,7 @@ detail::DownPlanesFn down_planes_of(Isa isa) {
 
 detail::TransposeFn transpose_of(Isa isa) {
 #if defined(__x86_64__) || defined(_M_X64)
-  if (side_avx2(isa)) return detail::transpose_avx2;
+  if (avx2_helpers(isa)) return detail::transpose_avx2;
 #endif
   (void)isa;
   return detail::transpose_generic;
@@ -153,8 +157,6 @@ int forced_isa() {
   }
   return f;
 }
-
-bool packs_with_avx2(Isa isa) { return isa == Isa::kAvx2 || isa == Isa::kAvx512; }
 
 // Weights [o][taps][words] -> lane-interleaved blocks [ob][tap][word][lane]. Tail bits of
 // the last word are cleared in the sign words and SET in the zero words, so neither can
@@ -305,7 +307,7 @@ void check_side(const SideBranches& sb, bool conv, bool same_grid, const char* o
 bool pack_planes(Isa isa, const float* x, int c, int64_t stride, int w, int words, uint32_t* bits, uint32_t* zero,
                  float* s) {
 #if defined(__x86_64__) || defined(_M_X64)
-  if (packs_with_avx2(isa)) return detail::pack_row_avx2(x, c, stride, w, words, bits, zero, s);
+  if (avx2_helpers(isa)) return detail::pack_row_avx2(x, c, stride, w, words, bits, zero, s);
 #endif
   (void)isa;
   return detail::pack_row_scalar(x, c, stride, w, words, bits, zero, s);

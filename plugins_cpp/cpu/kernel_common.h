@@ -7,6 +7,28 @@
 
 #include "binary_ops_cpu.h"
 
+// The functions between BIMACO_TARGET_BEGIN("avx2,fma") and BIMACO_TARGET_END are compiled
+// for those extra instruction sets (GCC and Clang), the rest of the file for the baseline.
+// A kernels_<isa>.cpp includes every header it shares with other files (this one, the
+// standard library) BEFORE the BEGIN, and after it only code of its own, in an anonymous
+// namespace or named for the ISA (gemm_avx2, ...). Why: an inline function or template
+// instance with external linkage (store_block, std::min<float>, ...) is emitted by every
+// object file that does not inline it, and the linker keeps one copy for all. Compiled
+// after the BEGIN, that copy could hold AVX-512 (or AVX2, or POPCNT) instructions and be
+// called from the portable path on a CPU without them. tests/plugins/test_cpu_kernels.py
+// (test_isa_specific_code_stays_in_its_own_kernel) checks the object code at -O0/-O2/-O3.
+#define BIMACO_PRAGMA(tokens) _Pragma(#tokens)
+#if defined(__clang__)
+#define BIMACO_TARGET_BEGIN(isa) BIMACO_PRAGMA(clang attribute push(__attribute__((target(isa))), apply_to = function))
+#define BIMACO_TARGET_END BIMACO_PRAGMA(clang attribute pop)
+#elif defined(__GNUC__)
+#define BIMACO_TARGET_BEGIN(isa) BIMACO_PRAGMA(GCC push_options) BIMACO_PRAGMA(GCC target(isa))
+#define BIMACO_TARGET_END BIMACO_PRAGMA(GCC pop_options)
+#else
+#define BIMACO_TARGET_BEGIN(isa)
+#define BIMACO_TARGET_END
+#endif
+
 namespace bimaco {
 namespace cpu {
 namespace detail {

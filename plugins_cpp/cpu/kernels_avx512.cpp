@@ -1,122 +1,85 @@
 // AVX-512 kernel with VPOPCNTDQ (Ice Lake and later Intel, AMD Zen 4 and later):
 // 16 output channels per 512-bit vector and a native per-lane 32-bit popcount, so no
-// byte-counter flushing. Built with target attributes and only run when CPUID says the
-// CPU has avx512f + avx512vpopcntdq (the dispatcher checks).
+// byte-counter flushing. The loops are simd_gemm.h's; this file holds the intrinsics.
+// Built with target attributes and only run when CPUID says the CPU has avx512f +
+// avx512vpopcntdq (the dispatcher checks).
 #if defined(__x86_64__) || defined(_M_X64)
-#if defined(__GNUC__) && !defined(__clang__)
-#pragma GCC target("avx512f,avx512vpopcntdq,avx2,fma,popcnt")
-#endif
-#include <immintrin.h>
-
-#include "kernel_common.h"
-
 // GCC 12's avx512 intrinsic headers trip -Wmaybe-uninitialized on their own
 // `__Y = __Y` idiom (a known false positive); silence it for this file only.
 #if defined(__GNUC__) && !defined(__clang__)
 #pragma GCC diagnostic ignored "-Wmaybe-uninitialized"
 #endif
+// Shared headers first, compiled for baseline x86-64 (see BIMACO_TARGET_BEGIN).
+#include <immintrin.h>
 
-#if defined(__clang__)
-#pragma clang attribute push(__attribute__((target("avx512f,avx512vpopcntdq,avx2,fma,popcnt"))), \
-                             apply_to = function)
-#endif
+#include <algorithm>
+#include <cstdint>
+
+#include "kernel_common.h"
+
+BIMACO_TARGET_BEGIN("avx512f,avx512vpopcntdq,avx2,fma,popcnt")
+
+#include "simd_gemm.h"
 
 namespace bimaco {
 namespace cpu {
 namespace detail {
 namespace {
 
-constexpr int kLanes = 16;
+struct Avx512 {
+  static constexpr int kLanes = 16;
+  static constexpr int kPixels = 4, kPixelsMasked = 4;
+  static constexpr int kFlushWords = 0;  // native 32-bit popcount per lane
+  static constexpr bool kFixedWords = false;
+  static constexpr int kTransposedStore = 4;
+  using U = __m512i;
+  using F = __m512;
+  using Count = __m512i;
+  struct Consts {};
 
-template <int P, bool kMasked>
-inline void block(const Gemm& g, const uint32_t* xb, const uint32_t* xz, const float* xs,
-                  const int64_t* base, int ob, __m512* out) {
-  const int words = g.words;
-  const __m512i cvec = _mm512_set1_epi32(g.c);
-  const uint32_t* wblk = g.w + int64_t(ob) * g.taps * words * kLanes;
-  const uint32_t* wzblk = kMasked ? g.wz + int64_t(ob) * g.taps * words * kLanes : nullptr;
-  __m512 acc[P];
-  for (int i = 0; i < P; ++i) acc[i] = _mm512_setzero_ps();
-  for (int k = 0; k < g.taps; ++k) {
-    const uint32_t* xp[P];
-    const uint32_t* xzp[P];
-    for (int i = 0; i < P; ++i) {
-      const int64_t q = base[i] + g.tap_off[k];
-      xp[i] = xb + q * words;
-      xzp[i] = kMasked ? xz + q * words : nullptr;
-    }
-    const uint32_t* wk = wblk + int64_t(k) * words * kLanes;
-    const uint32_t* wzk = kMasked ? wzblk + int64_t(k) * words * kLanes : nullptr;
-    __m512i cnt[P], vcnt[P];
-    for (int i = 0; i < P; ++i) cnt[i] = vcnt[i] = _mm512_setzero_si512();
-    for (int j = 0; j < words; ++j) {
-      const __m512i wv = _mm512_loadu_si512(wk + j * kLanes);
-      __m512i wzv = _mm512_setzero_si512();
-      if (kMasked) wzv = _mm512_loadu_si512(wzk + j * kLanes);
-      for (int i = 0; i < P; ++i) {
-        __m512i d = _mm512_xor_si512(_mm512_set1_epi32(int(xp[i][j])), wv);
-        if (kMasked) {
-          // valid = ~(xz | wz)
-          const __m512i valid = _mm512_andnot_si512(
-              _mm512_or_si512(_mm512_set1_epi32(int(xzp[i][j])), wzv), _mm512_set1_epi32(-1));
-          d = _mm512_and_si512(d, valid);
-          vcnt[i] = _mm512_add_epi32(vcnt[i], _mm512_popcnt_epi32(valid));
-        }
-        cnt[i] = _mm512_add_epi32(cnt[i], _mm512_popcnt_epi32(d));
-      }
-    }
-    for (int i = 0; i < P; ++i) {
-      const __m512i dot = _mm512_sub_epi32(kMasked ? vcnt[i] : cvec, _mm512_slli_epi32(cnt[i], 1));
-      acc[i] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(dot), _mm512_set1_ps(xs[base[i] + g.tap_off[k]]), acc[i]);
+  static Consts consts() { return {}; }
+  static U load(const uint32_t* p) { return _mm512_loadu_si512(p); }
+  static U splat(uint32_t v) { return _mm512_set1_epi32(int(v)); }
+  static U zero() { return _mm512_setzero_si512(); }
+  static U bxor(U a, U b) { return _mm512_xor_si512(a, b); }
+  static U band(U a, U b) { return _mm512_and_si512(a, b); }
+  static U nor(U a, U b) { return _mm512_andnot_si512(_mm512_or_si512(a, b), _mm512_set1_epi32(-1)); }
+  static U add(U a, U b) { return _mm512_add_epi32(a, b); }
+  static U dot(U base, U cnt) { return _mm512_sub_epi32(base, _mm512_slli_epi32(cnt, 1)); }
+  static Count count_zero() { return _mm512_setzero_si512(); }
+  static Count count_add(const Consts&, Count c, U v) { return _mm512_add_epi32(c, _mm512_popcnt_epi32(v)); }
+  static U widen(Count c) { return c; }
+  static F to_float(U v) { return _mm512_cvtepi32_ps(v); }
+  static F fzero() { return _mm512_setzero_ps(); }
+  static F fsplat(float v) { return _mm512_set1_ps(v); }
+  static F fload(const float* p) { return _mm512_loadu_ps(p); }
+  static void fstore(float* p, F v) { _mm512_storeu_ps(p, v); }
+  static F madd(F a, F b, F c) { return _mm512_fmadd_ps(a, b, c); }
+
+  // 4 pixels x 16 channels, transposed within each 128-bit lane so that each channel row
+  // of a planar output gets one 4-float store instead of 4 scalar ones.
+  static void store_transposed(float* dst, int64_t stride, const F* out) {
+    const __m512 t0 = _mm512_unpacklo_ps(out[0], out[1]), t1 = _mm512_unpackhi_ps(out[0], out[1]);
+    const __m512 t2 = _mm512_unpacklo_ps(out[2], out[3]), t3 = _mm512_unpackhi_ps(out[2], out[3]);
+    // u[j], 128-bit lane k: the 4 pixels of channel 4k + j
+    const __m512 u[4] = {_mm512_shuffle_ps(t0, t2, 0x44), _mm512_shuffle_ps(t0, t2, 0xEE),
+                         _mm512_shuffle_ps(t1, t3, 0x44), _mm512_shuffle_ps(t1, t3, 0xEE)};
+    for (int j = 0; j < 4; ++j) {
+      _mm_storeu_ps(dst + j * stride, _mm512_castps512_ps128(u[j]));
+      _mm_storeu_ps(dst + (4 + j) * stride, _mm512_extractf32x4_ps(u[j], 1));
+      _mm_storeu_ps(dst + (8 + j) * stride, _mm512_extractf32x4_ps(u[j], 2));
+      _mm_storeu_ps(dst + (12 + j) * stride, _mm512_extractf32x4_ps(u[j], 3));
     }
   }
-  const __m512 av = _mm512_loadu_ps(g.alpha + ob * kLanes);
-  const __m512 bv = _mm512_loadu_ps(g.bias + ob * kLanes);
-  for (int i = 0; i < P; ++i) out[i] = _mm512_fmadd_ps(acc[i], av, bv);
-}
-
-template <int P, bool kMasked>
-inline void run_pixels(const Gemm& g, const Tile& t, int ow, int ob, const uint32_t* xb,
-                       const uint32_t* xz, const float* xs) {
-  int64_t base[P];
-  for (int i = 0; i < P; ++i) base[i] = g.in_pixel(t.oh, ow + i);
-  __m512 out[P];
-  block<P, kMasked>(g, xb, xz, xs, base, ob, out);
-  for (int i = 0; i < P; ++i) {
-    alignas(64) float vals[kLanes];
-    _mm512_store_ps(vals, out[i]);
-    store_block(g, t.n, int64_t(t.oh) * g.wo + ow + i, ob, vals);
-  }
-}
-
-template <bool kMasked>
-void gemm_impl(const Gemm& g, const Tile& t) {
-  constexpr int P = 4;
-  const int64_t img = int64_t(t.n) * g.img_pixels;
-  const uint32_t* xb = g.xbits + img * g.words;
-  const uint32_t* xz = kMasked ? g.xzero + img * g.words : nullptr;
-  const float* xs = g.xs + img;
-  for (int ob = t.ob0; ob < t.ob1; ++ob) {
-    int ow = t.ow0;
-    for (; ow + P <= t.ow1; ow += P) run_pixels<P, kMasked>(g, t, ow, ob, xb, xz, xs);
-    for (; ow < t.ow1; ++ow) run_pixels<1, kMasked>(g, t, ow, ob, xb, xz, xs);
-  }
-}
+};
 
 }  // namespace
 
-void gemm_avx512(const Gemm& g, const Tile& t) {
-  if (g.wz)
-    gemm_impl<true>(g, t);
-  else
-    gemm_impl<false>(g, t);
-}
+void gemm_avx512(const Gemm& g, const Tile& t) { simd::gemm<Avx512>(g, t); }
 
 }  // namespace detail
 }  // namespace cpu
 }  // namespace bimaco
 
-#if defined(__clang__)
-#pragma clang attribute pop
-#endif
+BIMACO_TARGET_END
 #endif  // x86-64

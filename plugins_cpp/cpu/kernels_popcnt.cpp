@@ -2,13 +2,13 @@
 // On AMD Zen3 this runs 4 popcounts per cycle, so it competes with the AVX2 nibble-
 // lookup kernel; benchmarks/bench_layers.py measures both.
 #if defined(__x86_64__) || defined(_M_X64)
-#if defined(__GNUC__) && !defined(__clang__)
-#pragma GCC target("popcnt")
-#endif
+// Shared headers first, compiled for baseline x86-64 (see BIMACO_TARGET_BEGIN).
+#include <cstdint>
+#include <cstring>
+
 #include "kernel_common.h"
-#if defined(__clang__)
-#pragma clang attribute push(__attribute__((target("popcnt"))), apply_to = function)
-#endif
+
+BIMACO_TARGET_BEGIN("popcnt")
 #include "kernels_scalar_impl.h"
 
 namespace bimaco {
@@ -18,7 +18,5 @@ void gemm_popcnt(const Gemm& g, const Tile& t) { scalar_impl::gemm(g, t); }
 }  // namespace detail
 }  // namespace cpu
 }  // namespace bimaco
-#if defined(__clang__)
-#pragma clang attribute pop
-#endif
+BIMACO_TARGET_END
 #endif

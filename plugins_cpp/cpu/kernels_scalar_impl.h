@@ -1,6 +1,8 @@
 // Scalar GEMM kernel body, shared by the portable build (kernels_scalar.cpp) and the
 // x86 POPCNT build (kernels_popcnt.cpp), which differ only in how the compiler lowers
-// __builtin_popcountll. Weight layout: lanes = 1, w[o][tap][word].
+// __builtin_popcountll. Weight layout: lanes = 1, w[o][tap][word]. In an anonymous
+// namespace: each file keeps its own copy, and the linker cannot hand the portable kernel
+// the POPCNT build's (an inline function with external linkage is one symbol to it).
 #pragma once
 
 #include <cstring>
@@ -10,6 +12,7 @@
 namespace bimaco {
 namespace cpu {
 namespace detail {
+namespace {
 namespace scalar_impl {
 
 inline uint64_t load64(const uint32_t* p) {
@@ -79,6 +82,7 @@ inline void gemm(const Gemm& g, const Tile& t) {
 }
 
 }  // namespace scalar_impl
+}  // namespace
 }  // namespace detail
 }  // namespace cpu
 }  // namespace bimaco

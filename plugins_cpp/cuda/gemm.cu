@@ -15,10 +15,12 @@
 //    X (written by the pack kernel) and per-column popcounts of W (summed while the
 //    weight tile is staged). sm_75 uses mma m8n8k128 .xor.popc directly.
 //  * popc_tile: plain __popc with zero masks, dot = popc(valid) - 2 popc((x^w) & valid),
-//    valid = ~xz & ~wz. Runs when X holds exact zeros (flag from the pack kernel), when
-//    the weights carry a zero mask, on archs without 1-bit MMA, and on request.
+//    valid = ~xz & ~wz. Runs for the tiles that read a pixel whose exact zeros matter
+//    (zpix from the pack kernel), for every tile when the weights carry a zero mask, on
+//    archs without 1-bit MMA, and on request.
 // Both add s * dot with the same fused multiply-add in the same tap order, so they
-// produce bit-identical outputs; selftest.cu relies on that.
+// produce bit-identical outputs; selftest.cu relies on that. Both end in store_output,
+// which applies a fused layer's side branches (side_epilogue) to each output.
 
 #include <cuda_fp16.h>
 
@@ -45,9 +47,13 @@ struct GemmArgs {
   void* y;
   Workspace ws;
   int force_popcount;
+  SideArgs side;
 };
 
-struct Smem {
+// alignas(16): the staging stores write a[][] as uint4. Without it the struct is only
+// 8-byte aligned (its widest member is long long) and those stores are correct only
+// while nothing else in the kernel's static shared memory shifts its offset.
+struct alignas(16) Smem {
   uint32_t a[kBM][kStride];  // X words of the tile's pixels for the current tap and chunk
   uint32_t b[kBN][kStride];  // W words of the tile's channels for the current tap and chunk
   float s[kBM];              // scale of each row's input pixel for the current tap
@@ -55,6 +61,7 @@ struct Smem {
   int wpop[kBN];             // popcount of each channel's sign bits for the current tap
   long long rowpix[kBM];     // padded-grid pixel of tap (0, 0) for each row, -1 past M
 };
+static_assert(alignof(Smem) >= 16 && kStride % 4 == 0, "uint4 stores into Smem::a need 16-byte rows and base");
 
 // Output position of GEMM row m: image n and offset inside the output plane.
 __device__ __forceinline__ void row_position(const Geometry& g, int64_t m, int64_t* n, int64_t* r) {
@@ -70,12 +77,60 @@ __device__ __forceinline__ int64_t row_pixel(const Geometry& g, int64_t m) {
   return n * g.hp * g.wp + static_cast<int64_t>(oy) * g.sh * g.wp + static_cast<int64_t>(ox) * g.sw;
 }
 
+// SMB of output channel oc at output pixel r of image n: its CSR row over X at the same
+// pixel (the fused conv has stride 1 and the input's size; a linear row is a 1x1 image).
+template <typename T>
+__device__ __forceinline__ float smb_term(const GemmArgs& a, int64_t n, int64_t r, int64_t plane, int oc) {
+  const SideArgs& s = a.side;
+  const T* x = static_cast<const T*>(s.x);
+  const T* val = static_cast<const T*>(s.smb_val);
+  float acc = 0.f;
+  const int e1 = __ldg(s.smb_rowptr + oc + 1);
+  for (int e = __ldg(s.smb_rowptr + oc); e < e1; ++e) {
+    const int64_t col = __ldg(s.smb_col + e);
+    acc = __fmaf_rn(to_float(val[e]), to_float(x[(n * a.g.c + col) * plane + r]), acc);
+  }
+  return acc;
+}
+
+// LRMB: up[oc] . t[n, :, r], with t = down X from the workspace.
+template <typename T>
+__device__ __forceinline__ float lrmb_term(const GemmArgs& a, int64_t n, int64_t r, int64_t plane, int oc) {
+  const SideArgs& s = a.side;
+  const T* up = static_cast<const T*>(s.lr_up) + static_cast<int64_t>(oc) * s.rank;
+  float acc = 0.f;
+  for (int q = 0; q < s.rank; ++q) acc = __fmaf_rn(to_float(up[q]), s.lrt[(n * s.rank + q) * plane + r], acc);
+  return acc;
+}
+
+// The fused side branches on one core output v, in the reference's order of additions
+// (contract.h): conv ((RPReLU(v) + SMB) + LRMB), linear ((v + LRMB) + SMB). Each branch
+// is summed on its own and then added, as the CPU kernels do.
+template <typename T>
+__device__ __forceinline__ float side_epilogue(const GemmArgs& a, int64_t n, int64_t r, int64_t plane, int oc, float v) {
+  const SideArgs& s = a.side;
+  if (s.rprelu != nullptr) {
+    const T* rp = static_cast<const T*>(s.rprelu);
+    const float u = v + to_float(rp[oc]);
+    v = (u > 0.f ? u : to_float(rp[a.g.o + oc]) * u) + to_float(rp[2 * a.g.o + oc]);
+  }
+  if (s.linear_order) {
+    if (s.rank > 0) v += lrmb_term<T>(a, n, r, plane, oc);
+    if (s.smb_rowptr != nullptr) v += smb_term<T>(a, n, r, plane, oc);
+  } else {
+    if (s.smb_rowptr != nullptr) v += smb_term<T>(a, n, r, plane, oc);
+    if (s.rank > 0) v += lrmb_term<T>(a, n, r, plane, oc);
+  }
+  return v;
+}
+
 template <typename T>
 __device__ __forceinline__ void store_output(const GemmArgs& a, int64_t m, int oc, float acc) {
   int64_t n, r;
   row_position(a.g, m, &n, &r);
   const int64_t plane = static_cast<int64_t>(a.g.ho) * a.g.wo;
-  const float v = __fmaf_rn(a.alpha[oc], acc, a.bias[oc]);
+  float v = __fmaf_rn(a.alpha[oc], acc, a.bias[oc]);
+  if (a.side.any) v = side_epilogue<T>(a, n, r, plane, oc, v);
   static_cast<T*>(a.y)[(n * a.g.o + oc) * plane + r] = from_float<T>(v);
 }
 
@@ -275,7 +330,10 @@ __device__ void mma_tile(const GemmArgs& a, Smem& sm, int64_t m0, int n0) {
 
 // ----------------------------------------------------------------- plain popcount path
 
-// Thread t owns tile row t % 64 and the channels n0 + t / 64 + 2i, i < 32.
+// Thread t owns tile row t % 64 and the channels n0 + t / 64 + 2i, i < 32, taken in
+// groups of kGroup: the group's accumulators live across all taps, and the next group
+// reads the same X words again (from L1). Holding all 32 at once made this rarely used
+// path set the register count, and so the occupancy, of the whole kernel.
 template <typename T>
 __device__ void popc_tile(const GemmArgs& a, const Smem& sm, int64_t m0, int n0) {
   const Geometry& g = a.g;
@@ -288,48 +346,56 @@ __device__ void popc_tile(const GemmArgs& a, const Smem& sm, int64_t m0, int n0)
   const int taps = g.kh * g.kw;
   constexpr int kPerThread = kBN * kBM / kThreads;  // 32
   constexpr int kColStep = kThreads / kBM;           // 2
+  constexpr int kGroup = 8;
+  const int64_t m = m0 + row;
 
-  float acc[kPerThread];
+#pragma unroll 1
+  for (int i0 = 0; i0 < kPerThread; i0 += kGroup) {
+    float acc[kGroup];
 #pragma unroll
-  for (int i = 0; i < kPerThread; ++i) acc[i] = 0.f;
-
-  for (int ky = 0; ky < g.kh; ++ky) {
-    for (int kx = 0; kx < g.kw; ++kx) {
-      const int tap = ky * g.kw + kx;
-      const int64_t pix = rp0 + static_cast<int64_t>(ky) * g.wp + kx;
-      const float s = a.ws.scale[pix];
-      if (s == 0.f) continue;  // padded (or all-zero) pixel: s * dot = 0, as the MMA path gets
-      const uint32_t* xb = a.ws.xbits + pix * g.wpad;
-      const uint32_t* xz = a.ws.xzero + pix * g.wpad;
+    for (int i = 0; i < kGroup; ++i) acc[i] = 0.f;
+    for (int ky = 0; ky < g.kh; ++ky) {
+      for (int kx = 0; kx < g.kw; ++kx) {
+        const int tap = ky * g.kw + kx;
+        const int64_t pix = rp0 + static_cast<int64_t>(ky) * g.wp + kx;
+        const float s = a.ws.scale[pix];
+        if (s == 0.f) continue;  // padded (or all-zero) pixel: s * dot = 0, as the MMA path gets
+        const uint32_t* xb = a.ws.xbits + pix * g.wpad;
+        const uint32_t* xz = a.ws.xzero + pix * g.wpad;
 #pragma unroll
-      for (int i = 0; i < kPerThread; ++i) {
-        const int oc = c_first + i * kColStep;
-        if (oc < g.o) {
-          const int64_t wrow = (static_cast<int64_t>(oc) * taps + tap) * g.words;
-          int dot = 0;
-          for (int wd = 0; wd < g.words; ++wd) {
-            const uint32_t lim = wd == g.words - 1 ? last_mask : 0xffffffffu;
-            const uint32_t wz = a.wzero != nullptr ? __ldg(a.wzero + wrow + wd) : 0u;
-            const uint32_t valid = ~xz[wd] & ~wz & lim;
-            const uint32_t diff = (xb[wd] ^ __ldg(a.wbits + wrow + wd)) & valid;
-            dot += __popc(valid) - 2 * __popc(diff);
+        for (int i = 0; i < kGroup; ++i) {
+          const int oc = c_first + (i0 + i) * kColStep;
+          if (oc < g.o) {
+            const int64_t wrow = (static_cast<int64_t>(oc) * taps + tap) * g.words;
+            int dot = 0;
+            for (int wd = 0; wd < g.words; ++wd) {
+              const uint32_t lim = wd == g.words - 1 ? last_mask : 0xffffffffu;
+              const uint32_t wz = a.wzero != nullptr ? __ldg(a.wzero + wrow + wd) : 0u;
+              const uint32_t valid = ~xz[wd] & ~wz & lim;
+              const uint32_t diff = (xb[wd] ^ __ldg(a.wbits + wrow + wd)) & valid;
+              dot += __popc(valid) - 2 * __popc(diff);
+            }
+            acc[i] = __fmaf_rn(s, static_cast<float>(dot), acc[i]);
           }
-          acc[i] = __fmaf_rn(s, static_cast<float>(dot), acc[i]);
         }
       }
     }
-  }
-
-  const int64_t m = m0 + row;
 #pragma unroll
-  for (int i = 0; i < kPerThread; ++i) {
-    const int oc = c_first + i * kColStep;
-    if (oc < g.o) store_output<T>(a, m, oc, acc[i]);
+    for (int i = 0; i < kGroup; ++i) {
+      const int oc = c_first + (i0 + i) * kColStep;
+      if (oc < g.o) store_output<T>(a, m, oc, acc[i]);
+    }
   }
 }
 
+// At most 128 registers per thread, so four blocks (16 warps) fit an SM's 64K registers
+// (the unbounded build used 152-168: three blocks, 12 warps, a quarter of Orin's 48).
+// ptxas meets the bound without spills because the popcount path keeps only kGroup
+// accumulators live; tests/plugins/test_cuda_compile.py fails on any spill.
+constexpr int kMinBlocksPerSm = 4;
+
 template <typename T>
-__global__ void __launch_bounds__(kThreads) gemm_kernel(GemmArgs a) {
+__global__ void __launch_bounds__(kThreads, kMinBlocksPerSm) gemm_kernel(GemmArgs a) {
   __shared__ Smem sm;
   const int64_t m0 = static_cast<int64_t>(blockIdx.x) * kBM;
   const int n0 = blockIdx.y * kBN;
@@ -339,8 +405,22 @@ __global__ void __launch_bounds__(kThreads) gemm_kernel(GemmArgs a) {
   }
   __syncthreads();
 #if defined(BIMACO_HAS_MMA)
-  // Uniform over the grid: every block takes the same branch.
-  const bool masked = a.force_popcount != 0 || a.wzero != nullptr || *a.ws.flag != 0;
+  // The path is chosen per tile (uniform over the block): a weight zero mask or a forced
+  // run sends every tile to the masked path; an exact zero in X only the tiles that read
+  // its pixel (mlp.fc2 after GELU has a few such pixels, and the rest of the layer keeps
+  // the tensor cores). The grid-wide flag spares the per-tile scan when X has none.
+  bool masked = a.force_popcount != 0 || a.wzero != nullptr;
+  if (!masked && *a.ws.flag != 0) {
+    int hit = 0;
+    if (threadIdx.x < kBM) {
+      const long long rp = sm.rowpix[threadIdx.x];
+      if (rp >= 0) {
+        for (int ky = 0; ky < a.g.kh; ++ky)
+          for (int kx = 0; kx < a.g.kw; ++kx) hit |= a.ws.zpix[rp + static_cast<int64_t>(ky) * a.g.wp + kx];
+      }
+    }
+    masked = __syncthreads_or(hit) != 0;
+  }
   if (!masked) {
     mma_tile<T>(a, sm, m0, n0);
     return;
@@ -353,7 +433,7 @@ __global__ void __launch_bounds__(kThreads) gemm_kernel(GemmArgs a) {
 
 cudaError_t launch_gemm(const Geometry& g, DType dtype, const int32_t* wbits, const int32_t* wzero,
                         const float* alpha, const float* bias, void* y, const Workspace& ws, Path path,
-                        cudaStream_t stream) {
+                        cudaStream_t stream, const SideArgs& side) {
   if (g.m == 0) return cudaSuccess;
   const int64_t row_blocks = (g.m + kBM - 1) / kBM;
   const int64_t col_blocks = (static_cast<int64_t>(g.o) + kBN - 1) / kBN;
@@ -367,6 +447,7 @@ cudaError_t launch_gemm(const Geometry& g, DType dtype, const int32_t* wbits, co
   args.y = y;
   args.ws = ws;
   args.force_popcount = path == Path::kPopcount ? 1 : 0;
+  args.side = side;
   const dim3 grid(static_cast<unsigned>(row_blocks), static_cast<unsigned>(col_blocks));
   if (dtype == DType::kFloat32) {
     gemm_kernel<float><<<grid, kThreads, 0, stream>>>(args);

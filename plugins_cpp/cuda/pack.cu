@@ -2,7 +2,8 @@
 //
 // For every pixel of the zero-padded input grid this writes the channel sign bits
 // (bit i of word j = channel 32j+i, set = negative), the exact-zero mask, the scale
-// s = mean |x| over channels and the popcount of the sign bits. Padded pixels get all
+// s = mean |x| over channels, the popcount of the sign bits and whether the pixel's
+// zeros can change a result (zpix, which picks the GEMM path tile by tile). Padded pixels get all
 // zero words and s = 0, which is what makes zero padding exact: their taps add
 // s * dot = 0 whatever dot is. Words past num_words(C) up to the MMA-aligned width
 // are written as zero in both masks, so they add nothing to any popcount.
@@ -84,8 +85,76 @@ __global__ void __launch_bounds__(kPixelsPerBlock* kWordLanes)
     ws.xpop[pix] = neg_total;
     // Only a zero at a pixel with s != 0 can change a result; an all-zero pixel has
     // s = 0 and is exact on the MMA path too, so it needs no masked path.
-    if (zero_total > 0 && zero_total < g.c) atomicOr(ws.flag, 1);
+    const bool matters = zero_total > 0 && zero_total < g.c;
+    ws.zpix[pix] = matters ? 1 : 0;
+    if (matters) atomicOr(ws.flag, 1);
   }
+}
+
+// The linear layout: X is [rows][C] with the channels contiguous (Geometry of a linear
+// op: h = w = 1, no padding, one pixel per row). One warp per row: lane i reads channel
+// 32 j + i of word j, so each load instruction covers 32 consecutive channels (128 bytes
+// in float32) instead of 32 rows C elements apart; the word is the warp's ballot.
+constexpr int kRowWarps = 8;
+
+template <typename T>
+__global__ void __launch_bounds__(32 * kRowWarps) pack_rows_kernel(Geometry g, const T* __restrict__ x, Workspace ws) {
+  const int lane = threadIdx.x;
+  const int64_t row = static_cast<int64_t>(blockIdx.x) * kRowWarps + threadIdx.y;
+  if (row >= g.padded_pixels) return;  // whole warps leave together: the ballots below stay full
+  const T* src = x + row * g.c;
+  float abs_sum = 0.f;
+  int negs = 0, zeros = 0;
+  for (int w0 = 0; w0 < g.wpad; w0 += 32) {
+    // lane j keeps word w0 + j, so the 32 words of a group are stored by one coalesced write
+    uint32_t my_bits = 0u, my_zero = 0u;
+    const int group = min(32, g.wpad - w0);
+#pragma unroll 4
+    for (int j = 0; j < group; ++j) {
+      const int c = (w0 + j) * 32 + lane;
+      const bool real = c < g.c;
+      const float v = real ? to_float(src[c]) : 0.f;
+      abs_sum += fabsf(v);
+      const uint32_t bits = __ballot_sync(0xffffffffu, real && v < 0.f);
+      const uint32_t zbits = __ballot_sync(0xffffffffu, real && v == 0.f);
+      if (lane == j) {
+        my_bits = bits;
+        my_zero = zbits;
+      }
+      negs += __popc(bits);
+      zeros += __popc(zbits);
+    }
+    if (lane < group) {
+      ws.xbits[row * g.wpad + w0 + lane] = my_bits;
+      ws.xzero[row * g.wpad + w0 + lane] = my_zero;
+    }
+  }
+  // A fixed butterfly: the same order on every call, so s is deterministic.
+#pragma unroll
+  for (int off = 16; off > 0; off >>= 1) abs_sum += __shfl_xor_sync(0xffffffffu, abs_sum, off);
+  if (lane == 0) {
+    ws.scale[row] = abs_sum / static_cast<float>(g.c);
+    ws.xpop[row] = negs;
+    const bool matters = zeros > 0 && zeros < g.c;
+    ws.zpix[row] = matters ? 1 : 0;
+    if (matters) atomicOr(ws.flag, 1);
+  }
+}
+
+bool is_row_layout(const Geometry& g) { return g.h == 1 && g.w == 1 && g.hp == 1 && g.wp == 1; }
+
+template <typename T>
+cudaError_t launch_pack_typed(const Geometry& g, const T* x, const Workspace& ws, cudaStream_t stream) {
+  if (is_row_layout(g)) {
+    const int64_t blocks = (g.padded_pixels + kRowWarps - 1) / kRowWarps;
+    if (blocks > 0x7fffffffLL) return cudaErrorInvalidValue;
+    pack_rows_kernel<T><<<dim3(static_cast<unsigned>(blocks)), dim3(32, kRowWarps), 0, stream>>>(g, x, ws);
+  } else {
+    const int64_t blocks = (g.padded_pixels + kPixelsPerBlock - 1) / kPixelsPerBlock;
+    if (blocks > 0x7fffffffLL) return cudaErrorInvalidValue;
+    pack_kernel<T><<<dim3(static_cast<unsigned>(blocks)), dim3(kPixelsPerBlock, kWordLanes), 0, stream>>>(g, x, ws);
+  }
+  return cudaGetLastError();
 }
 
 }  // namespace
@@ -93,18 +162,9 @@ __global__ void __launch_bounds__(kPixelsPerBlock* kWordLanes)
 cudaError_t launch_pack(const Geometry& g, DType dtype, const void* x, const Workspace& ws,
                         cudaStream_t stream) {
   if (g.padded_pixels == 0) return cudaSuccess;
-  const int64_t blocks = (g.padded_pixels + kPixelsPerBlock - 1) / kPixelsPerBlock;
-  if (blocks > 0x7fffffffLL) return cudaErrorInvalidValue;
-  const dim3 grid(static_cast<unsigned>(blocks));
-  const dim3 block(kPixelsPerBlock, kWordLanes);
-  if (dtype == DType::kFloat32) {
-    pack_kernel<float><<<grid, block, 0, stream>>>(g, static_cast<const float*>(x), ws);
-  } else if (dtype == DType::kFloat16) {
-    pack_kernel<__half><<<grid, block, 0, stream>>>(g, static_cast<const __half*>(x), ws);
-  } else {
-    return cudaErrorInvalidValue;
-  }
-  return cudaGetLastError();
+  if (dtype == DType::kFloat32) return launch_pack_typed(g, static_cast<const float*>(x), ws, stream);
+  if (dtype == DType::kFloat16) return launch_pack_typed(g, static_cast<const __half*>(x), ws, stream);
+  return cudaErrorInvalidValue;
 }
 
 }  // namespace detail

@@ -6,11 +6,13 @@
 // Every case runs the public entry point (tensor cores where the device has them)
 // and the forced plain-popcount path: both must match the reference within float
 // tolerance and each other exactly (they add the same products in the same order).
+// Fused cases add the side branches (RPReLU, SMB, LRMB) in the GEMM epilogue.
 // Exit status 0 on success, 1 on a mismatch, 2 on a CUDA error or no device.
 
 #include <cuda_fp16.h>
 #include <cuda_runtime_api.h>
 
+#include <algorithm>
 #include <cmath>
 #include <cstdint>
 #include <cstdio>
@@ -50,6 +52,13 @@ struct Case {
   std::vector<int8_t> wsgn;    // O*KH*KW*C
   std::vector<float> alpha, bias;
   std::vector<int32_t> wbits, wzero;  // wzero empty: no weight zero mask
+  // Fused side branches (empty: absent), values already rounded to the dtype.
+  std::vector<float> rprelu;     // [3][O]
+  std::vector<uint16_t> rowptr;  // [O + 1]
+  std::vector<uint16_t> cols;    // [nnz]
+  std::vector<float> vals;       // [nnz]
+  int rank = 0;
+  std::vector<float> down, up;   // [rank][C], [O][rank]
 };
 
 // Options a case generator takes.
@@ -62,6 +71,14 @@ struct Spec {
   double w_zero_rate;    // fraction of scattered zero weights (carried by Wzero)
   bool garbage_tail;     // set the unused tail bits of every weight word
   bool zero_channel;     // make output channel 0 all-zero weights (alpha 0)
+  // x_zero_rate applies to image 0 only: tiles of the other images have no zero and keep
+  // the MMA path while image 0's tiles take the masked one (the path is chosen per tile).
+  bool zeros_in_first_image_only = false;
+  // Side branches in the epilogue: RPReLU (conv), SMB with 2 max(C, O) entries, LRMB of
+  // this rank. SMB/LRMB need stride 1 and "same" padding (conv).
+  bool rprelu = false;
+  bool smb = false;
+  int rank = 0;
 };
 
 float round_to(DType dt, float v) { return dt == DType::kFloat16 ? __half2float(__float2half_rn(v)) : v; }
@@ -76,7 +93,11 @@ Case make_case(const Spec& sp, std::mt19937& rng) {
   std::normal_distribution<float> nd(0.f, 1.f);
   std::uniform_real_distribution<double> ud(0.0, 1.0);
   k.x.resize(static_cast<size_t>(s.n) * s.c * s.h * s.w);
-  for (float& v : k.x) v = ud(rng) < sp.x_zero_rate ? 0.f : round_to(sp.dtype, nd(rng));
+  const size_t image = static_cast<size_t>(s.c) * s.h * s.w;
+  for (size_t i = 0; i < k.x.size(); ++i) {
+    const bool may_zero = !sp.zeros_in_first_image_only || i < image;
+    k.x[i] = may_zero && ud(rng) < sp.x_zero_rate ? 0.f : round_to(sp.dtype, nd(rng));
+  }
   const int words = bimaco::num_words(s.c);
   const size_t taps = static_cast<size_t>(s.kh) * s.kw;
   k.wsgn.resize(static_cast<size_t>(s.o) * taps * s.c);
@@ -111,7 +132,76 @@ Case make_case(const Spec& sp, std::mt19937& rng) {
     k.alpha[o] = (sp.zero_channel && o == 0) ? 0.f : 0.05f + static_cast<float>(ud(rng));
     k.bias[o] = nd(rng);
   }
+  auto value = [&](float scale) { return round_to(sp.dtype, scale * nd(rng)); };
+  if (sp.rprelu) {
+    k.rprelu.resize(3 * static_cast<size_t>(s.o));
+    for (int o = 0; o < s.o; ++o) {
+      k.rprelu[o] = value(1.f);
+      k.rprelu[s.o + o] = round_to(sp.dtype, static_cast<float>(ud(rng)) - 0.5f);
+      k.rprelu[2 * s.o + o] = value(1.f);
+    }
+  }
+  if (sp.smb) {
+    // 2 max(C, O) entries spread unevenly over the outputs, some outputs with none
+    const int nnz = 2 * std::max(s.c, s.o);
+    std::vector<int> count(s.o, 0);
+    std::uniform_int_distribution<int> pick_o(0, s.o - 1), pick_c(0, s.c - 1);
+    for (int e = 0; e < nnz; ++e) ++count[std::min(pick_o(rng), pick_o(rng))];
+    k.rowptr.assign(s.o + 1, 0);
+    for (int o = 0; o < s.o; ++o) k.rowptr[o + 1] = static_cast<uint16_t>(k.rowptr[o] + count[o]);
+    k.cols.resize(nnz);
+    k.vals.resize(nnz);
+    for (int e = 0; e < nnz; ++e) {
+      k.cols[e] = static_cast<uint16_t>(pick_c(rng));
+      k.vals[e] = value(0.1f);
+    }
+  }
+  k.rank = sp.rank;
+  if (sp.rank) {
+    k.down.resize(static_cast<size_t>(sp.rank) * s.c);
+    k.up.resize(static_cast<size_t>(s.o) * sp.rank);
+    for (float& v : k.down) v = value(0.1f);
+    for (float& v : k.up) v = value(0.1f);
+  }
   return k;
+}
+
+// The side branches in double on the core output y (and their magnitude into mag), in the
+// contract's order: conv ((RPReLU(y) + SMB) + LRMB), linear ((y + LRMB) + SMB).
+void reference_side(const Case& k, std::vector<double>* y, std::vector<double>* mag) {
+  const ConvShape& s = k.s;
+  const size_t plane = static_cast<size_t>(s.h) * s.w;  // SMB/LRMB: output grid == input grid
+  auto xat = [&](int n, int c, size_t p) { return static_cast<double>(k.x[(static_cast<size_t>(n) * s.c + c) * plane + p]); };
+  const size_t oplane = static_cast<size_t>(s.out_h()) * s.out_w();
+  for (int n = 0; n < s.n; ++n)
+    for (int o = 0; o < s.o; ++o)
+      for (size_t p = 0; p < oplane; ++p) {
+        const size_t i = (static_cast<size_t>(n) * s.o + o) * oplane + p;
+        double v = (*y)[i], m = (*mag)[i];
+        if (!k.rprelu.empty()) {
+          const double u = v + k.rprelu[o], slope = k.rprelu[s.o + o];
+          v = (u > 0 ? u : slope * u) + k.rprelu[2 * s.o + o];
+          m = m * std::max(1.0, std::fabs(slope)) + std::fabs(k.rprelu[o]) + std::fabs(k.rprelu[2 * s.o + o]);
+        }
+        double smb = 0, smb_mag = 0, low = 0, low_mag = 0;
+        if (!k.rowptr.empty()) {
+          for (int e = k.rowptr[o]; e < k.rowptr[o + 1]; ++e) {
+            smb += k.vals[e] * xat(n, k.cols[e], p);
+            smb_mag += std::fabs(k.vals[e] * xat(n, k.cols[e], p));
+          }
+        }
+        for (int q = 0; q < k.rank; ++q) {
+          double t = 0, tm = 0;
+          for (int c = 0; c < s.c; ++c) {
+            t += k.down[static_cast<size_t>(q) * s.c + c] * xat(n, c, p);
+            tm += std::fabs(k.down[static_cast<size_t>(q) * s.c + c] * xat(n, c, p));
+          }
+          low += k.up[static_cast<size_t>(o) * k.rank + q] * t;
+          low_mag += std::fabs(k.up[static_cast<size_t>(o) * k.rank + q]) * tm;
+        }
+        (*y)[i] = k.linear ? (v + low) + smb : (v + smb) + low;
+        (*mag)[i] = m + smb_mag + low_mag;
+      }
 }
 
 // The contract in plain C++: exact integer dots per tap, accumulated in double.
@@ -153,6 +243,7 @@ void reference(const Case& k, std::vector<double>* y, std::vector<double>* mag) 
           (*y)[out] = static_cast<double>(k.bias[o]) + static_cast<double>(k.alpha[o]) * acc;
           (*mag)[out] = std::fabs(k.bias[o]) + std::fabs(k.alpha[o]) * amag;
         }
+  reference_side(k, y, mag);
 }
 
 std::vector<__half> to_half(const std::vector<float>& v) {
@@ -192,15 +283,34 @@ int run_case(const Case& k, cudaStream_t stream, bool verbose) {
   void* dz = upload(k.wzero);
   void* da = upload(k.alpha);
   void* db = upload(k.bias);
+  // Side tables: floats in the case's dtype (the contract: side parameters follow X).
+  auto upload_float = [&](const std::vector<float>& v) {
+    return k.dtype == DType::kFloat16 ? upload(to_half(v)) : upload(v);
+  };
+  bimaco::cuda::SideBranches side;
+  void* d_rp = upload_float(k.rprelu);
+  void* d_rowptr = upload(k.rowptr);
+  void* d_cols = upload(k.cols);
+  void* d_vals = upload_float(k.vals);
+  void* d_down = upload_float(k.down);
+  void* d_up = upload_float(k.up);
+  side.rprelu = d_rp;
+  side.smb_rowptr = static_cast<const uint16_t*>(d_rowptr);
+  side.smb_col = static_cast<const uint16_t*>(d_cols);
+  side.smb_val = d_vals;
+  side.rank = k.rank;
+  side.lr_down = d_down;
+  side.lr_up = d_up;
+  const bimaco::cuda::SideBranches* sidep = side.any() ? &side : nullptr;
   size_t ws_bytes = 0;
   if (k.linear) {
     bimaco::LinearShape ls;
     ls.rows = s.n;
     ls.k = s.c;
     ls.o = s.o;
-    ws_bytes = bimaco::cuda::linear_workspace_bytes(ls);
+    ws_bytes = bimaco::cuda::linear_workspace_bytes(ls, k.rank);
   } else {
-    ws_bytes = bimaco::cuda::conv2d_workspace_bytes(s);
+    ws_bytes = bimaco::cuda::conv2d_workspace_bytes(s, k.rank);
   }
   void* dws = nullptr;
   CHECK_CUDA(cudaMalloc(&dws, ws_bytes));
@@ -220,19 +330,19 @@ int run_case(const Case& k, cudaStream_t stream, bool verbose) {
     ls.o = s.o;
     CHECK_CUDA(bimaco::cuda::binary_linear(ls, k.dtype, dx, static_cast<const int32_t*>(dw), wz,
                                            static_cast<const float*>(da), static_cast<const float*>(db),
-                                           dy_auto, dws, stream));
+                                           dy_auto, dws, stream, sidep));
     detail::Geometry g;
     if (!detail::make_linear_geometry(ls, &g)) std::exit(2);
     CHECK_CUDA(detail::run(g, k.dtype, dx, static_cast<const int32_t*>(dw), wz, static_cast<const float*>(da),
-                           static_cast<const float*>(db), dy_popc, dws, detail::Path::kPopcount, stream));
+                           static_cast<const float*>(db), dy_popc, dws, detail::Path::kPopcount, stream, sidep));
   } else {
     CHECK_CUDA(bimaco::cuda::binary_conv2d(s, k.dtype, dx, static_cast<const int32_t*>(dw), wz,
                                            static_cast<const float*>(da), static_cast<const float*>(db),
-                                           dy_auto, dws, stream));
+                                           dy_auto, dws, stream, sidep));
     detail::Geometry g;
     if (!detail::make_geometry(s, &g)) std::exit(2);
     CHECK_CUDA(detail::run(g, k.dtype, dx, static_cast<const int32_t*>(dw), wz, static_cast<const float*>(da),
-                           static_cast<const float*>(db), dy_popc, dws, detail::Path::kPopcount, stream));
+                           static_cast<const float*>(db), dy_popc, dws, detail::Path::kPopcount, stream, sidep));
   }
   CHECK_CUDA(cudaStreamSynchronize(stream));
   const std::vector<float> y_auto = read_output(k.dtype, dy_auto, ycount);
@@ -261,7 +371,7 @@ int run_case(const Case& k, cudaStream_t stream, bool verbose) {
     std::printf("%-4s %-48s outputs=%-7zu worst err/tol %.3f\n", bad ? "FAIL" : "ok", k.name.c_str(), ycount,
                 worst);
   }
-  for (void* p : {dx, dw, dz, da, db, dws, dy_auto, dy_popc}) {
+  for (void* p : {dx, dw, dz, da, db, dws, dy_auto, dy_popc, d_rp, d_rowptr, d_cols, d_vals, d_down, d_up}) {
     if (p) CHECK_CUDA(cudaFree(p));
   }
   return bad ? 1 : 0;
@@ -300,13 +410,17 @@ std::string describe(const Spec& sp) {
   if (sp.w_zero_rate > 0) out += " wzero";
   if (sp.garbage_tail) out += " tail";
   if (sp.zero_channel) out += " zchan";
+  if (sp.zeros_in_first_image_only) out += " xzero-img0";
+  if (sp.rprelu) out += " +rprelu";
+  if (sp.smb) out += " +smb";
+  if (sp.rank) out += " +lrmb" + std::to_string(sp.rank);
   return out;
 }
 
 std::vector<Spec> fixed_specs() {
   std::vector<Spec> v;
-  auto add = [&](ConvShape s, DType dt, bool lin, double xz, double wz, bool tail, bool zc) {
-    Spec sp{"", s, dt, lin, xz, wz, tail, zc};
+  auto add = [&](ConvShape s, DType dt, bool lin, double xz, double wz, bool tail, bool zc, bool img0 = false) {
+    Spec sp{"", s, dt, lin, xz, wz, tail, zc, img0};
     sp.name = describe(sp);
     v.push_back(sp);
   };
@@ -329,6 +443,23 @@ std::vector<Spec> fixed_specs() {
   add(conv(1, 96, 6, 6, 40, 3, 1, 1, 1, 1, 1), f32, false, 0, 0.1, false, false);
   add(conv(2, 45, 5, 6, 33, 3, 1, 1, 1, 1, 1), f32, false, 0.2, 0.2, true, true);
   add(conv(1, 64, 4, 4, 8, 3, 1, 1, 1, 1, 1), f32, false, 1.0, 0, false, false);  // all-zero X
+  // Zeros in some GEMM tiles only: masked and MMA tiles in one launch (per-tile choice).
+  add(conv(3, 160, 12, 12, 96, 3, 1, 1, 1, 1, 1), f32, false, 0.01, 0, false, false, true);
+  add(conv(2, 70, 16, 8, 40, 1, 1, 0, 0, 0, 0), f16, false, 0.2, 0, true, false, true);
+  add(conv(200, 768, 1, 1, 192, 1, 1, 0, 0, 0, 0), f32, true, 0.001, 0, false, false, true);  // fc2 after GELU
+  // Fused side branches (the epilogue), on both GEMM paths, ranks across the 8-wide steps.
+  auto fused = [&](ConvShape s, DType dt, bool lin, double xz, double wz, bool rp, bool smb, int rank) {
+    Spec sp{"", s, dt, lin, xz, wz, false, false, false, rp, smb, rank};
+    sp.name = describe(sp);
+    v.push_back(sp);
+  };
+  fused(conv(1, 160, 16, 16, 160, 3, 1, 1, 1, 1, 1), f32, false, 0, 0, true, true, 8);
+  fused(conv(2, 45, 7, 9, 70, 3, 1, 1, 1, 1, 1), f16, false, 0.1, 0, true, true, 11);
+  fused(conv(1, 96, 6, 6, 40, 1, 1, 0, 0, 0, 0), f32, false, 0, 0.1, false, true, 0);
+  fused(conv(1, 64, 8, 8, 64, 3, 2, 1, 1, 1, 1), f32, false, 0, 0, true, false, 0);  // strided: RPReLU only
+  fused(conv(130, 192, 1, 1, 576, 1, 1, 0, 0, 0, 0), f32, true, 0, 0, false, true, 8);
+  fused(conv(65, 100, 1, 1, 70, 1, 1, 0, 0, 0, 0), f16, true, 0.05, 0.05, false, true, 4);
+  fused(conv(3, 33, 1, 1, 7, 1, 1, 0, 0, 0, 0), f32, true, 0, 0, false, false, 17);
   // Linear layers: swin qkv / proj / fc1 / fc2 widths, odd K, rows not a multiple of 64.
   add(conv(100, 192, 1, 1, 576, 1, 1, 0, 0, 0, 0), f32, true, 0, 0, false, false);
   add(conv(64, 768, 1, 1, 192, 1, 1, 0, 0, 0, 0), f16, true, 0.02, 0, false, false);
@@ -357,6 +488,11 @@ Spec random_spec(std::mt19937& rng) {
   sp.w_zero_rate = r(0, 4) == 0 ? 0.1 : 0.0;
   sp.garbage_tail = r(0, 1) == 1;
   sp.zero_channel = r(0, 4) == 0;
+  sp.zeros_in_first_image_only = sp.x_zero_rate > 0 && r(0, 1) == 1;
+  const bool same_grid = sp.linear || (sp.s.stride_h == 1 && sp.s.out_h() == sp.s.h && sp.s.out_w() == sp.s.w);
+  sp.rprelu = !sp.linear && r(0, 2) == 0;
+  sp.smb = same_grid && r(0, 2) == 0;
+  sp.rank = same_grid && r(0, 2) == 0 ? r(1, 12) : 0;
   sp.name = describe(sp);
   return sp;
 }

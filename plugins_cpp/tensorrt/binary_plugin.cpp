@@ -28,21 +28,29 @@ core::TensorType to_core(DataType t) {
   }
 }
 
-std::vector<int64_t> to_vector(nvinfer1::Dims const& d) {
-  std::vector<int64_t> v;
+core::Dims to_core(nvinfer1::Dims const& d) {
+  core::Dims v;
   for (int32_t i = 0; i < d.nbDims && i < nvinfer1::Dims::MAX_DIMS; ++i) v.push_back(d.d[i]);
   return v;
 }
 
 core::TensorInfo info(nvinfer1::PluginTensorDesc const& d) {
-  return {to_vector(d.dims), to_core(d.type), d.format == nvinfer1::TensorFormat::kLINEAR};
+  return {to_core(d.dims), to_core(d.type), d.format == nvinfer1::TensorFormat::kLINEAR};
 }
 
-std::vector<core::TensorInfo> infos(nvinfer1::PluginTensorDesc const* d, int32_t n) {
-  std::vector<core::TensorInfo> v;
-  for (int32_t i = 0; i < n; ++i) v.push_back(info(d[i]));
-  return v;
-}
+// The per-inference path (onShapeChange, enqueue) converts descriptors into this
+// fixed-size array on the stack: no allocation.
+struct CallInfos {
+  core::TensorInfo v[core::LaunchCache::kMaxIo];
+  int n = 0;
+  bool fits = true;
+  CallInfos(nvinfer1::PluginTensorDesc const* d, int32_t count) {
+    fits = d != nullptr && count >= 0 && count <= core::LaunchCache::kMaxIo;
+    if (!fits) return;
+    n = count;
+    for (int32_t i = 0; i < count; ++i) v[i] = info(d[i]);
+  }
+};
 
 // Build-time descriptions: `desc.dims` holds -1 for dynamic axes; `which` picks
 // desc / min / opt / max ('d', 'n', 'o', 'x').
@@ -50,9 +58,9 @@ std::vector<core::TensorInfo> infos(nvinfer1::DynamicPluginTensorDesc const* d, 
   std::vector<core::TensorInfo> v;
   for (int32_t i = 0; i < n; ++i) {
     core::TensorInfo t = info(d[i].desc);
-    if (which == 'n') t.dims = to_vector(d[i].min);
-    if (which == 'o') t.dims = to_vector(d[i].opt);
-    if (which == 'x') t.dims = to_vector(d[i].max);
+    if (which == 'n') t.dims = to_core(d[i].min);
+    if (which == 'o') t.dims = to_core(d[i].opt);
+    if (which == 'x') t.dims = to_core(d[i].max);
     v.push_back(std::move(t));
   }
   return v;
@@ -109,8 +117,8 @@ nvinfer1::IPluginV3* BinaryPlugin::clone() noexcept {
   try {
     // Every member is a value type: the copy shares nothing with this plugin.
     auto* p = new BinaryPlugin(mLayer, mParams, mPhase);
-    p->mPlan = mPlan;
-    p->mPlanned = mPlanned;
+    p->mLaunch = mLaunch;
+    p->mNbInputs = mNbInputs;
     return p;
   } catch (std::exception const& e) {
     log_error(mLayer + ": clone failed: " + e.what());
@@ -137,7 +145,7 @@ int32_t BinaryPlugin::configurePlugin(nvinfer1::DynamicPluginTensorDesc const* i
       return -1;
     }
     // The largest shapes of the profile must also be valid (too small a min is caught at enqueue).
-    std::vector<int64_t> y;
+    core::Dims y;
     st = core::output_dims(mParams, infos(in, nbInputs, 'x'), mLayer, &y);
     if (!st.ok) {
       log_error(st.message);
@@ -152,18 +160,24 @@ int32_t BinaryPlugin::configurePlugin(nvinfer1::DynamicPluginTensorDesc const* i
 
 int32_t BinaryPlugin::getOutputDataTypes(DataType* outputTypes, int32_t nbOutputs, DataType const* inputTypes,
                                          int32_t nbInputs) const noexcept {
-  if (nbOutputs != 1 || nbInputs < core::kMinInputs || nbInputs > core::kMaxInputs) {
-    log_error(mLayer + ": expected 4 or 5 inputs and 1 output, got " + std::to_string(nbInputs) + " and " +
-              std::to_string(nbOutputs));
+  try {
+    core::InputLayout layout;
+    core::Status st = core::input_layout(mParams, nbInputs, mLayer, &layout);
+    if (nbOutputs != 1 || !st.ok) {
+      log_error(st.ok ? mLayer + ": expected 1 output, got " + std::to_string(nbOutputs) : st.message);
+      return -1;
+    }
+    const core::TensorType y = core::output_type(to_core(inputTypes[0]));
+    if (y == core::TensorType::kOther) {
+      log_error(mLayer + ": input 0 (X) must be float32 or float16 (no int8/bf16/fp8 support in the binary kernels)");
+      return -1;
+    }
+    outputTypes[0] = inputTypes[0];  // Y has the dtype of X
+    return 0;
+  } catch (std::exception const& e) {
+    log_error(mLayer + ": getOutputDataTypes: " + e.what());
     return -1;
   }
-  const core::TensorType y = core::output_type(to_core(inputTypes[0]));
-  if (y == core::TensorType::kOther) {
-    log_error(mLayer + ": input 0 (X) must be float32 or float16 (no int8/bf16/fp8 support in the binary kernels)");
-    return -1;
-  }
-  outputTypes[0] = inputTypes[0];  // Y has the dtype of X
-  return 0;
 }
 
 int32_t BinaryPlugin::getOutputShapes(nvinfer1::DimsExprs const* inputs, int32_t nbInputs,
@@ -171,8 +185,10 @@ int32_t BinaryPlugin::getOutputShapes(nvinfer1::DimsExprs const* inputs, int32_t
                                       nvinfer1::DimsExprs* outputs, int32_t nbOutputs,
                                       nvinfer1::IExprBuilder& exprBuilder) noexcept {
   try {
-    if (nbOutputs != 1 || nbInputs < core::kMinInputs || nbInputs > core::kMaxInputs) {
-      log_error(mLayer + ": expected 4 or 5 inputs and 1 output");
+    core::InputLayout layout;
+    core::Status st = core::input_layout(mParams, nbInputs, mLayer, &layout);
+    if (nbOutputs != 1 || !st.ok) {
+      log_error(st.ok ? mLayer + ": expected 1 output, got " + std::to_string(nbOutputs) : st.message);
       return -1;
     }
     nvinfer1::DimsExprs const& x = inputs[0];
@@ -213,7 +229,7 @@ bool BinaryPlugin::supportsFormatCombination(int32_t pos, nvinfer1::DynamicPlugi
   try {
     // Only positions 0..pos are decided when TensorRT asks about pos.
     std::vector<core::TensorInfo> io = infos(inOut, pos + 1, 'd');
-    return core::supports_combination(pos, io.data(), nbInputs, nbOutputs);
+    return core::supports_combination(mParams, pos, io.data(), nbInputs, nbOutputs);
   } catch (...) {
     return false;
   }
@@ -230,8 +246,9 @@ size_t BinaryPlugin::getWorkspaceSize(nvinfer1::DynamicPluginTensorDesc const* i
       log_error(st.message);
       return 0;
     }
-    return mParams.kind == core::OpKind::kConv2d ? cuda::conv2d_workspace_bytes(plan.conv)
-                                                 : cuda::linear_workspace_bytes(plan.linear);
+    const int rank = mParams.side.lrmb_rank;
+    return mParams.kind == core::OpKind::kConv2d ? cuda::conv2d_workspace_bytes(plan.conv, rank)
+                                                 : cuda::linear_workspace_bytes(plan.linear, rank);
   } catch (std::exception const& e) {
     log_error(mLayer + ": getWorkspaceSize: " + e.what());
     return 0;
@@ -244,10 +261,19 @@ char const* BinaryPlugin::getTimingCacheID() noexcept {
 }
 
 int32_t BinaryPlugin::onShapeChange(nvinfer1::PluginTensorDesc const* in, int32_t nbInputs,
-                                    nvinfer1::PluginTensorDesc const* /*out*/, int32_t /*nbOutputs*/) noexcept {
+                                    nvinfer1::PluginTensorDesc const* out, int32_t nbOutputs) noexcept {
   try {
-    core::Status st = core::plan_launch(mParams, infos(in, nbInputs), mLayer, &mPlan);
-    mPlanned = st.ok;
+    // Validates the new shapes early (a bad shape fails here, before any enqueue) and warms
+    // the cache enqueue reads; when the shapes did not change this is only a comparison.
+    const CallInfos ins(in, nbInputs), outs(out, nbOutputs);
+    if (!ins.fits || !outs.fits || outs.n != 1) {
+      log_error(mLayer + ": onShapeChange with " + std::to_string(nbInputs) + " inputs and " +
+                std::to_string(nbOutputs) + " outputs");
+      return -1;
+    }
+    mNbInputs = nbInputs;
+    core::LaunchPlan const* plan = nullptr;
+    core::Status st = mLaunch.plan(mParams, ins.v, ins.n, &outs.v[0], mLayer, &plan);
     if (!st.ok) {
       log_error(st.message);
       return -1;
@@ -255,34 +281,65 @@ int32_t BinaryPlugin::onShapeChange(nvinfer1::PluginTensorDesc const* in, int32_
     return 0;
   } catch (std::exception const& e) {
     log_error(mLayer + ": onShapeChange: " + e.what());
-    mPlanned = false;
     return -1;
   }
 }
 
-int32_t BinaryPlugin::enqueue(nvinfer1::PluginTensorDesc const* inputDesc, nvinfer1::PluginTensorDesc const* /*out*/,
+int32_t BinaryPlugin::enqueue(nvinfer1::PluginTensorDesc const* inputDesc, nvinfer1::PluginTensorDesc const* outputDesc,
                               void const* const* inputs, void* const* outputs, void* workspace,
                               cudaStream_t stream) noexcept {
-  (void)inputDesc;  // the shapes were planned in onShapeChange, which TensorRT calls on every shape change
-  if (!mPlanned) {
-    log_error(mLayer + ": enqueue without a successful onShapeChange");
+  try {
+    // The launch comes from this call's own descriptors (type included), never from a plan
+    // made for another call: see core::LaunchCache. getNbOutputs() is 1.
+    // enqueue is not told the input count: it is the node's, recorded by onShapeChange,
+    // which TensorRT calls before the first enqueue of every context.
+    if (mNbInputs <= 0) {
+      log_error(mLayer + ": enqueue before onShapeChange");
+      return -1;
+    }
+    const CallInfos ins(inputDesc, mNbInputs), outs(outputDesc, 1);
+    core::LaunchPlan const* plan = nullptr;
+    core::Status st = ins.fits && outs.fits ? mLaunch.plan(mParams, ins.v, ins.n, &outs.v[0], mLayer, &plan)
+                                            : core::Status::Error(mLayer + ": enqueue without descriptors");
+    if (!st.ok) {
+      log_error(st.message);
+      return -1;
+    }
+    if (plan->empty) return 0;
+    const auto* wbits = static_cast<int32_t const*>(inputs[1]);
+    const auto* alpha = static_cast<float const*>(inputs[2]);
+    const auto* bias = static_cast<float const*>(inputs[3]);
+    const core::InputLayout& l = plan->layout;
+    const auto* wzero = plan->has_wzero ? static_cast<int32_t const*>(inputs[l.wzero]) : nullptr;
+    // The side tables, where the layout puts them; the SMB index tables' int32 words are
+    // read as the 16-bit entries they hold (contract.h).
+    cuda::SideBranches side;
+    if (l.rprelu >= 0) side.rprelu = inputs[l.rprelu];
+    if (l.smb_rowptr >= 0) {
+      side.smb_rowptr = static_cast<uint16_t const*>(inputs[l.smb_rowptr]);
+      side.smb_col = static_cast<uint16_t const*>(inputs[l.smb_col]);
+      side.smb_val = inputs[l.smb_val];
+    }
+    if (l.lr_down >= 0) {
+      side.rank = plan->side.lrmb_rank;
+      side.lr_down = inputs[l.lr_down];
+      side.lr_up = inputs[l.lr_up];
+    }
+    cuda::SideBranches const* sidep = side.any() ? &side : nullptr;
+    cudaError_t err = plan->kind == core::OpKind::kConv2d
+                          ? cuda::binary_conv2d(plan->conv, plan->dtype, inputs[0], wbits, wzero, alpha, bias,
+                                                outputs[0], workspace, stream, sidep)
+                          : cuda::binary_linear(plan->linear, plan->dtype, inputs[0], wbits, wzero, alpha, bias,
+                                                outputs[0], workspace, stream, sidep);
+    if (err != cudaSuccess) {
+      log_error(mLayer + ": kernel launch failed: " + cudaGetErrorString(err));
+      return -1;
+    }
+    return 0;
+  } catch (std::exception const& e) {
+    log_error(mLayer + ": enqueue: " + e.what());
     return -1;
   }
-  if (mPlan.empty) return 0;
-  const auto* wbits = static_cast<int32_t const*>(inputs[1]);
-  const auto* alpha = static_cast<float const*>(inputs[2]);
-  const auto* bias = static_cast<float const*>(inputs[3]);
-  const auto* wzero = mPlan.has_wzero ? static_cast<int32_t const*>(inputs[4]) : nullptr;
-  cudaError_t err = mPlan.kind == core::OpKind::kConv2d
-                        ? cuda::binary_conv2d(mPlan.conv, mPlan.dtype, inputs[0], wbits, wzero, alpha, bias,
-                                              outputs[0], workspace, stream)
-                        : cuda::binary_linear(mPlan.linear, mPlan.dtype, inputs[0], wbits, wzero, alpha, bias,
-                                              outputs[0], workspace, stream);
-  if (err != cudaSuccess) {
-    log_error(mLayer + ": kernel launch failed: " + cudaGetErrorString(err));
-    return -1;
-  }
-  return 0;
 }
 
 nvinfer1::IPluginV3* BinaryPlugin::attachToContext(nvinfer1::IPluginResourceContext* /*context*/) noexcept {

@@ -62,8 +62,10 @@ class BinaryPlugin final : public nvinfer1::IPluginV3,
   core::OpParams mParams;
   nvinfer1::TensorRTPhase mPhase;
   std::string mCacheId;
-  core::LaunchPlan mPlan;
-  bool mPlanned = false;
+  // The launch of the latest onShapeChange / enqueue, re-planned only when a descriptor
+  // changes (core::LaunchCache), and the node's input count, which enqueue is not given.
+  core::LaunchCache mLaunch;
+  int32_t mNbInputs = 0;
   // getFieldsToSerialize returns pointers into these; they live as long as the plugin.
   std::vector<core::OwnedField> mSerialized;
   std::vector<nvinfer1::PluginField> mFields;

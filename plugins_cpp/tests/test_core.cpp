@@ -8,8 +8,35 @@
 #include <string>
 #include <vector>
 
+#include <atomic>
+#include <cstdlib>
+#include <new>
+
 #include "fields.h"
+#include "registration.h"
 #include "shapes.h"
+
+// Every heap allocation of this program goes through here, so a test can assert that a
+// code path allocates nothing (the per-inference path of the plugin must not).
+namespace {
+std::atomic<long> g_allocations{0};
+}
+#if defined(__GNUC__) && !defined(__clang__) && __GNUC__ >= 11
+// These replacements pair malloc with free themselves; GCC, seeing free() inlined where
+// the standard allocator called operator new, reports a mismatch that is not one.
+#pragma GCC diagnostic push
+#pragma GCC diagnostic ignored "-Wmismatched-new-delete"
+#endif
+void* operator new(std::size_t n) {
+  g_allocations.fetch_add(1, std::memory_order_relaxed);
+  if (void* p = std::malloc(n ? n : 1)) return p;
+  throw std::bad_alloc();
+}
+void operator delete(void* p) noexcept { std::free(p); }
+void operator delete(void* p, std::size_t) noexcept { std::free(p); }
+#if defined(__GNUC__) && !defined(__clang__) && __GNUC__ >= 11
+#pragma GCC diagnostic pop
+#endif
 
 using namespace bimaco;
 using namespace bimaco::core;
@@ -79,7 +106,7 @@ OpParams linear_params(int k) {
   return p;
 }
 
-std::vector<TensorInfo> conv_inputs(std::vector<int64_t> x, int o, int k, int c, TensorType xt = TensorType::kFloat32,
+std::vector<TensorInfo> conv_inputs(Dims x, int o, int k, int c, TensorType xt = TensorType::kFloat32,
                                     bool wzero = false) {
   std::vector<TensorInfo> in = {{x, xt, true},
                                 {{o, k, k, num_words(c)}, TensorType::kInt32, true},
@@ -233,13 +260,13 @@ TEST(floor_div_rounds_down_for_negatives) {
 }
 
 TEST(conv_output_dims_keep_dynamic_axes) {
-  std::vector<int64_t> y;
+  Dims y;
   CHECK(output_dims(conv_params(40, 3, 2, 1), conv_inputs({-1, 40, 64, -1}, 24, 3, 40), "", &y).ok);
-  CHECK((y == std::vector<int64_t>{-1, 24, 32, -1}));
+  CHECK((y == Dims{-1, 24, 32, -1}));
 }
 
 TEST(conv_input_too_small_is_an_error) {
-  std::vector<int64_t> y;
+  Dims y;
   Status st = output_dims(conv_params(8, 3, 1, 0), conv_inputs({1, 8, 2, 8}, 8, 3, 8), "down", &y);
   CHECK(!st.ok);
   CHECK_CONTAINS(st.message, "height 2 is too small");
@@ -250,9 +277,9 @@ TEST(linear_output_dims_replace_last_axis) {
                                 {{576, 6}, TensorType::kInt32, true},
                                 {{576}, TensorType::kFloat32, true},
                                 {{576}, TensorType::kFloat32, true}};
-  std::vector<int64_t> y;
+  Dims y;
   CHECK(output_dims(linear_params(192), in, "", &y).ok);
-  CHECK((y == std::vector<int64_t>{-1, 4096, 576}));
+  CHECK((y == Dims{-1, 4096, 576}));
 }
 
 TEST(check_inputs_names_the_bad_input) {
@@ -296,32 +323,33 @@ TEST(check_inputs_names_the_bad_input) {
 }
 
 TEST(format_combinations) {
+  const OpParams p8 = conv_params(8, 3, 1, 1);
   auto in = conv_inputs({1, 8, 8, 8}, 8, 3, 8);
   in.push_back({{1, 8, 8, 8}, TensorType::kFloat32, true});  // Y
-  for (int pos = 0; pos < 5; ++pos) CHECK(supports_combination(pos, in.data(), 4, 1));
+  for (int pos = 0; pos < 5; ++pos) CHECK(supports_combination(p8, pos, in.data(), 4, 1));
   in[4].type = TensorType::kFloat16;  // Y must follow X
-  CHECK(!supports_combination(4, in.data(), 4, 1));
+  CHECK(!supports_combination(p8, 4, in.data(), 4, 1));
   in[0].type = TensorType::kFloat16;
-  CHECK(supports_combination(0, in.data(), 4, 1));
-  CHECK(supports_combination(4, in.data(), 4, 1));
+  CHECK(supports_combination(p8, 0, in.data(), 4, 1));
+  CHECK(supports_combination(p8, 4, in.data(), 4, 1));
   in[0].linear = false;  // e.g. kCHW32
-  CHECK(!supports_combination(0, in.data(), 4, 1));
+  CHECK(!supports_combination(p8, 0, in.data(), 4, 1));
   in[0] = {{1, 8, 8, 8}, TensorType::kOther, true};  // e.g. int8 or bf16
-  CHECK(!supports_combination(0, in.data(), 4, 1));
+  CHECK(!supports_combination(p8, 0, in.data(), 4, 1));
   in[0].type = TensorType::kFloat32;
   in[1].type = TensorType::kFloat32;  // weights stay int32
-  CHECK(!supports_combination(1, in.data(), 4, 1));
+  CHECK(!supports_combination(p8, 1, in.data(), 4, 1));
   in[1].type = TensorType::kInt32;
   in[2].type = TensorType::kFloat16;  // alpha stays float32 even for fp16 X
-  CHECK(!supports_combination(2, in.data(), 4, 1));
+  CHECK(!supports_combination(p8, 2, in.data(), 4, 1));
   // with Wzero: position 4 is an input (int32), position 5 the output
   auto in5 = conv_inputs({1, 8, 8, 8}, 8, 3, 8, TensorType::kFloat32, true);
   in5.push_back({{1, 8, 8, 8}, TensorType::kFloat32, true});
-  CHECK(supports_combination(4, in5.data(), 5, 1));
-  CHECK(supports_combination(5, in5.data(), 5, 1));
+  CHECK(supports_combination(p8, 4, in5.data(), 5, 1));
+  CHECK(supports_combination(p8, 5, in5.data(), 5, 1));
   in5[4].type = TensorType::kFloat32;
-  CHECK(!supports_combination(4, in5.data(), 5, 1));
-  CHECK(!supports_combination(0, in5.data(), 5, 2));  // one output only
+  CHECK(!supports_combination(p8, 4, in5.data(), 5, 1));
+  CHECK(!supports_combination(p8, 0, in5.data(), 5, 2));  // one output only
 }
 
 TEST(plan_conv_launch) {
@@ -362,6 +390,302 @@ TEST(plan_needs_concrete_shapes) {
   CHECK_CONTAINS(st.message, "concrete shapes");
 }
 
+// ------------------------------------------------------------------ per-call launch (enqueue)
+
+TensorInfo y_like(Dims d, TensorType t) { return {d, t, true}; }
+
+TEST(launch_follows_the_descriptors_of_each_call) {
+  // The builder times fp32 and fp16 kernels of one layer on one plugin object; a plan
+  // made for the first type must never serve the second.
+  const OpParams p = conv_params(40, 3, 1, 1);
+  LaunchCache cache;
+  const LaunchPlan* plan = nullptr;
+  auto in32 = conv_inputs({2, 40, 8, 8}, 24, 3, 40, TensorType::kFloat32);
+  auto in16 = conv_inputs({2, 40, 8, 8}, 24, 3, 40, TensorType::kFloat16);
+  const TensorInfo y32 = y_like({2, 24, 8, 8}, TensorType::kFloat32), y16 = y_like({2, 24, 8, 8}, TensorType::kFloat16);
+  CHECK(cache.plan(p, in32.data(), 4, &y32, "l", &plan).ok);
+  CHECK(plan != nullptr && plan->dtype == DType::kFloat32);
+  CHECK(cache.plan(p, in16.data(), 4, &y16, "l", &plan).ok);
+  CHECK(plan->dtype == DType::kFloat16);
+  CHECK(cache.replans() == 2);
+  CHECK(cache.plan(p, in16.data(), 4, &y16, "l", &plan).ok);  // unchanged: no new plan
+  CHECK(cache.replans() == 2);
+  // a new spatial size re-plans, and the plan carries it
+  auto big = conv_inputs({2, 40, 16, 8}, 24, 3, 40, TensorType::kFloat16);
+  const TensorInfo ybig = y_like({2, 24, 16, 8}, TensorType::kFloat16);
+  CHECK(cache.plan(p, big.data(), 4, &ybig, "l", &plan).ok);
+  CHECK(cache.replans() == 3 && plan->conv.h == 16 && plan->y_dims[2] == 16);
+  // an input count that now includes Wzero re-plans too
+  auto with_zero = conv_inputs({2, 40, 16, 8}, 24, 3, 40, TensorType::kFloat16, true);
+  CHECK(cache.plan(p, with_zero.data(), 5, &ybig, "l", &plan).ok);
+  CHECK(plan->has_wzero && cache.replans() == 4);
+}
+
+TEST(output_descriptor_must_match_the_launch) {
+  const OpParams p = conv_params(40, 3, 1, 1);
+  LaunchCache cache;
+  const LaunchPlan* plan = nullptr;
+  auto in32 = conv_inputs({2, 40, 8, 8}, 24, 3, 40, TensorType::kFloat32);
+  // fp32 X with an fp16 Y buffer: the kernel would write twice the buffer's size
+  const TensorInfo y16 = y_like({2, 24, 8, 8}, TensorType::kFloat16);
+  Status st = cache.plan(p, in32.data(), 4, &y16, "mid", &plan);
+  CHECK(!st.ok);
+  CHECK_CONTAINS(st.message, "output is float16 [2, 24, 8, 8], the launch writes float32 [2, 24, 8, 8]");
+  CHECK_CONTAINS(st.message, "'mid'");
+  const TensorInfo ysmall = y_like({2, 24, 4, 8}, TensorType::kFloat32);
+  CHECK(!cache.plan(p, in32.data(), 4, &ysmall, "mid", &plan).ok);
+  TensorInfo y32 = y_like({2, 24, 8, 8}, TensorType::kFloat32);
+  y32.linear = false;
+  CHECK(!cache.plan(p, in32.data(), 4, &y32, "mid", &plan).ok);
+  // an input that no longer checks out is an error, not a stale plan
+  y32.linear = true;
+  CHECK(cache.plan(p, in32.data(), 4, &y32, "mid", &plan).ok);
+  auto bad = in32;
+  bad[1].type = TensorType::kFloat32;
+  CHECK(!cache.plan(p, bad.data(), 4, &y32, "mid", &plan).ok);
+}
+
+TEST(per_call_planning_does_not_allocate) {
+  const OpParams conv = conv_params(40, 3, 1, 1), lin = linear_params(70);
+  auto in = conv_inputs({2, 40, 8, 8}, 24, 3, 40, TensorType::kFloat16, true);
+  const TensorInfo y = y_like({2, 24, 8, 8}, TensorType::kFloat16);
+  std::vector<TensorInfo> lin_in = {{{2, 3, 70}, TensorType::kFloat32, true},
+                                    {{9, 3}, TensorType::kInt32, true},
+                                    {{9}, TensorType::kFloat32, true},
+                                    {{9}, TensorType::kFloat32, true}};
+  const TensorInfo ylin = y_like({2, 3, 9}, TensorType::kFloat32);
+  const std::string layer = "input_blocks.1.0.in_layers.2";  // longer than any small-string buffer
+  LaunchCache cache, lin_cache;
+  const LaunchPlan* plan = nullptr;
+  const long before = g_allocations.load();
+  const bool first = cache.plan(conv, in.data(), 5, &y, layer, &plan).ok;     // plans from scratch
+  const bool again = cache.plan(conv, in.data(), 5, &y, layer, &plan).ok;     // cached
+  const bool linear = lin_cache.plan(lin, lin_in.data(), 4, &ylin, layer, &plan).ok;
+  const long allocated = g_allocations.load() - before;
+  CHECK(first && again && linear);
+  CHECK(allocated == 0);
+  if (allocated) std::fprintf(stderr, "  %ld heap allocations on the per-call path\n", allocated);
+  // the counter itself works: an error message is built on the heap
+  const long before_err = g_allocations.load();
+  auto bad = in;
+  bad[2].type = TensorType::kInt32;
+  CHECK(!cache.plan(conv, bad.data(), 5, &y, layer, &plan).ok);
+  CHECK(g_allocations.load() > before_err);
+}
+
+// ------------------------------------------------------------------ fused side branches
+
+OpParams fused_conv(int c, bool rprelu, bool smb, int rank) {
+  OpParams p = conv_params(c, 3, 1, 1);
+  p.side.rprelu = rprelu;
+  p.side.smb = smb;
+  p.side.lrmb_rank = rank;
+  return p;
+}
+
+// X, Wbits, alpha, bias, [Wzero], rprelu, smb_rowptr, smb_col, smb_val, lr_down, lr_up.
+std::vector<TensorInfo> fused_inputs(int c, int o, int rank, int nnz, bool wzero, TensorType xt,
+                                     TensorType side_t) {
+  auto in = conv_inputs({2, c, 8, 8}, o, 3, c, xt, wzero);
+  in.push_back({{3, o}, side_t, true});
+  in.push_back({{(o + 2) / 2}, TensorType::kInt32, true});  // o + 1 row starts, two per word
+  in.push_back({{(nnz + 1) / 2}, TensorType::kInt32, true});
+  in.push_back({{nnz}, side_t, true});
+  in.push_back({{rank, c}, side_t, true});
+  in.push_back({{o, rank}, side_t, true});
+  return in;
+}
+
+TEST(side_fields_roundtrip_and_key) {
+  const OpParams p = fused_conv(40, true, true, 8);
+  OpParams q;
+  CHECK(parse_fields(OpKind::kConv2d, views(serialize_fields(p)), "l", &q).ok);
+  CHECK(q == p && q.side.rprelu && q.side.smb && q.side.lrmb_rank == 8);
+  CHECK(!(q == fused_conv(40, true, true, 4)));
+  CHECK(params_key(p) != params_key(fused_conv(40, false, true, 8)));
+  CHECK(params_key(p) != params_key(conv_params(40, 3, 1, 1)));
+  OpParams lin = linear_params(192), lq;
+  lin.side.smb = true;
+  lin.side.lrmb_rank = 8;
+  CHECK(parse_fields(OpKind::kLinear, views(serialize_fields(lin)), "l", &lq).ok && lq == lin);
+  // absent side fields: the plain op (ONNX nodes written before the fused form existed)
+  std::vector<int32_t> c = {16}, k = {3, 3};
+  CHECK(parse_fields(OpKind::kConv2d, {ints_field("in_channels", c), ints_field("kernel_shape", k)}, "", &q).ok);
+  CHECK(!q.side.any());
+}
+
+TEST(side_fields_are_validated) {
+  std::vector<int32_t> c = {16}, k = {3, 3}, one = {1}, two = {2}, s2 = {2, 2}, big = {kMaxLrmbRank + 1};
+  OpParams q;
+  Status st = parse_fields(OpKind::kConv2d, {ints_field("in_channels", c), ints_field("kernel_shape", k),
+                                             ints_field("strides", s2), ints_field("smb", one)}, "down", &q);
+  CHECK(!st.ok);
+  CHECK_CONTAINS(st.message, "stride 1 and an output the size of the input");
+  // RPReLU alone needs no input at the output pixel: a strided layer may carry it
+  CHECK(parse_fields(OpKind::kConv2d, {ints_field("in_channels", c), ints_field("kernel_shape", k),
+                                       ints_field("strides", s2), ints_field("rprelu", one)}, "down", &q).ok);
+  st = parse_fields(OpKind::kConv2d, {ints_field("in_channels", c), ints_field("kernel_shape", k),
+                                      ints_field("lrmb_rank", big)}, "", &q);
+  CHECK(!st.ok);
+  CHECK_CONTAINS(st.message, "lrmb_rank must lie in");
+  st = parse_fields(OpKind::kConv2d, {ints_field("in_channels", c), ints_field("kernel_shape", k),
+                                      ints_field("smb", two)}, "", &q);
+  CHECK(!st.ok);
+  CHECK_CONTAINS(st.message, "must be 0 or 1");
+  st = parse_fields(OpKind::kLinear, {ints_field("in_features", c), ints_field("rprelu", one)}, "", &q);
+  CHECK(!st.ok);
+  CHECK_CONTAINS(st.message, "unknown field 'rprelu'");
+}
+
+TEST(side_inputs_layout_and_checks) {
+  const OpParams p = fused_conv(40, true, true, 8);
+  for (bool wz : {false, true}) {
+    auto in = fused_inputs(40, 24, 8, 79, wz, TensorType::kFloat16, TensorType::kFloat16);
+    InputLayout l;
+    CHECK(input_layout(p, static_cast<int>(in.size()), "", &l).ok);
+    const int b = wz ? 5 : 4;
+    CHECK(l.wzero == (wz ? 4 : -1) && l.rprelu == b && l.smb_rowptr == b + 1 && l.smb_col == b + 2 &&
+          l.smb_val == b + 3 && l.lr_down == b + 4 && l.lr_up == b + 5);
+    CHECK(check_inputs(p, in, "").ok);
+    LaunchPlan plan;
+    CHECK(plan_launch(p, in, "", &plan).ok && plan.smb_nnz == 79 && plan.side.lrmb_rank == 8);
+  }
+  auto in = fused_inputs(40, 24, 8, 79, false, TensorType::kFloat16, TensorType::kFloat16);
+  auto bad = in;
+  bad[6] = {{41}, TensorType::kInt32, true};  // smb_col: 79 entries take 40 words
+  Status st = check_inputs(p, bad, "l");
+  CHECK(!st.ok);
+  CHECK_CONTAINS(st.message, "input 6 (smb_col) has shape [41], expected [40]");
+  bad = in;
+  bad[4].type = TensorType::kFloat32;  // side parameters follow X (fp16 here)
+  st = check_inputs(p, bad, "l");
+  CHECK(!st.ok);
+  CHECK_CONTAINS(st.message, "input 4 (rprelu) is float32, expected float16");
+  bad = in;
+  bad[5] = {{25}, TensorType::kInt32, true};  // smb_rowptr: 25 row starts take 13 words
+  st = check_inputs(p, bad, "l");
+  CHECK(!st.ok);
+  CHECK_CONTAINS(st.message, "input 5 (smb_rowptr) has shape [25], expected [13]");
+  auto big = fused_inputs(40, 24, 8, kSmbMaxEntries + 1, false, TensorType::kFloat16, TensorType::kFloat16);
+  st = check_inputs(p, big, "l");
+  CHECK(!st.ok);
+  CHECK_CONTAINS(st.message, "16-bit row starts");
+  bad = in;
+  bad[8] = {{8, 41}, TensorType::kFloat16, true};
+  CHECK(!check_inputs(p, bad, "l").ok);
+  bad = in;
+  bad.pop_back();  // lr_up missing
+  st = check_inputs(p, bad, "l");
+  CHECK(!st.ok);
+  CHECK_CONTAINS(st.message, "expected 10");
+}
+
+TEST(format_combinations_with_side_inputs) {
+  const OpParams p = fused_conv(40, true, true, 8);
+  auto io = fused_inputs(40, 24, 8, 79, true, TensorType::kFloat16, TensorType::kFloat16);
+  io.push_back({{2, 24, 8, 8}, TensorType::kFloat16, true});  // Y
+  const int n = static_cast<int>(io.size()) - 1;
+  for (int pos = 0; pos <= n; ++pos) CHECK(supports_combination(p, pos, io.data(), n, 1));
+  io[5].type = TensorType::kFloat32;  // rprelu must follow X
+  CHECK(!supports_combination(p, 5, io.data(), n, 1));
+  io[5].type = TensorType::kFloat16;
+  io[7].type = TensorType::kFloat16;  // smb_col stays int32
+  CHECK(!supports_combination(p, 7, io.data(), n, 1));
+  io[7].type = TensorType::kInt32;
+  io[2].type = TensorType::kFloat16;  // alpha stays float32
+  CHECK(!supports_combination(p, 2, io.data(), n, 1));
+}
+
+// ------------------------------------------------------------------ static registration bookkeeping
+
+// A registry with TensorRT's documented rules for registerCreator / deregisterCreator:
+// one creator per (name, namespace) (version is the same for all of ours), refusal of a
+// second one, removal by object identity. It stands in for the registry only to
+// observe our bookkeeping; the real one is exercised by tests/plugins/trt_plugin/test_plugin_loading.py.
+struct NamedCreator {
+  const char* name;
+};
+class RuleRegistry final : public CreatorRegistry {
+ public:
+  struct Entry {
+    const void* creator;
+    std::string key;
+  };
+  std::vector<Entry> entries;
+  int adds = 0, removes = 0;
+  bool add(void* creator, const char* ns) override {
+    ++adds;
+    const std::string key = std::string(ns) + "::" + static_cast<NamedCreator*>(creator)->name;
+    for (const Entry& e : entries)
+      if (e.key == key) return false;
+    entries.push_back({creator, key});
+    return true;
+  }
+  bool remove(const void* creator) override {
+    ++removes;
+    for (size_t i = 0; i < entries.size(); ++i)
+      if (entries[i].creator == creator) {
+        entries.erase(entries.begin() + static_cast<long>(i));
+        return true;
+      }
+    return false;
+  }
+  bool holds(const void* creator) const {
+    for (const Entry& e : entries)
+      if (e.creator == creator) return true;
+    return false;
+  }
+};
+
+TEST(static_registration_registers_each_creator_once) {
+  NamedCreator conv{"BinaryConv2d"}, lin{"BinaryLinear"};
+  void* list[] = {&conv, &lin};
+  RuleRegistry reg;
+  StaticRegistrations mine;
+  int refused[StaticRegistrations::kMax], nrefused = -1;
+  CHECK(mine.register_all(reg, list, 2, "bimaco", refused, &nrefused) == 2);
+  CHECK(nrefused == 0 && mine.registered() == 2 && reg.entries.size() == 2);
+  // a second run (e.g. a retry) asks the registry nothing and reports no duplicate
+  const int adds = reg.adds;
+  CHECK(mine.register_all(reg, list, 2, "bimaco", refused, &nrefused) == 0);
+  CHECK(nrefused == 0 && reg.adds == adds && reg.entries.size() == 2);
+}
+
+TEST(static_registration_leaves_foreign_creators_alone) {
+  // BinaryLinear is already registered by someone else: TensorRT's loadLibrary of the
+  // other library, another copy of this one, or the application.
+  NamedCreator conv{"BinaryConv2d"}, lin{"BinaryLinear"}, foreign_lin{"BinaryLinear"}, other{"Unrelated"};
+  RuleRegistry reg;
+  CHECK(reg.add(&foreign_lin, "bimaco") && reg.add(&other, ""));
+  void* list[] = {&conv, &lin};
+  StaticRegistrations mine;
+  int refused[StaticRegistrations::kMax], nrefused = 0;
+  CHECK(mine.register_all(reg, list, 2, "bimaco", refused, &nrefused) == 1);
+  CHECK(nrefused == 1 && refused[0] == 1);
+  CHECK(mine.owns(&conv) && !mine.owns(&lin) && !mine.owns(&foreign_lin));
+  // unload: exactly our own registration goes, the foreign ones stay
+  CHECK(mine.deregister_all(reg) == 1);
+  CHECK(!reg.holds(&conv) && reg.holds(&foreign_lin) && reg.holds(&other));
+  CHECK(mine.registered() == 0);
+  const int removes = reg.removes;
+  CHECK(mine.deregister_all(reg) == 0 && reg.removes == removes);  // nothing left to take back
+}
+
+TEST(static_registration_refuses_more_creators_than_it_can_track) {
+  NamedCreator many[StaticRegistrations::kMax + 2] = {
+      {"a"}, {"b"}, {"c"}, {"d"}, {"e"}, {"f"}, {"g"}, {"h"}, {"i"}, {"j"}};
+  void* list[StaticRegistrations::kMax + 2];
+  for (int i = 0; i < StaticRegistrations::kMax + 2; ++i) list[i] = &many[i];
+  RuleRegistry reg;
+  StaticRegistrations mine;
+  int nrefused = 0;
+  CHECK(mine.register_all(reg, list, StaticRegistrations::kMax + 2, "", nullptr, &nrefused) ==
+        StaticRegistrations::kMax);
+  // an untracked registration could never be taken back at unload: it is not made at all
+  CHECK(nrefused == 2 && static_cast<int>(reg.entries.size()) == StaticRegistrations::kMax);
+  CHECK(mine.deregister_all(reg) == StaticRegistrations::kMax && reg.entries.empty());
+}
+
 void dump_fields() {
   std::printf("{");
   bool first_op = true;
@@ -378,11 +702,43 @@ void dump_fields() {
   std::printf("}\n");
 }
 
+// Input positions per op, side-branch combination and Wzero presence, as JSON, for the
+// pytest that holds them to contract.OpSpec.layout.
+void dump_layouts() {
+  std::printf("[");
+  bool first = true;
+  for (OpKind kind : {OpKind::kConv2d, OpKind::kLinear})
+    for (int rp = 0; rp < 2; ++rp)
+      for (int smb = 0; smb < 2; ++smb)
+        for (int rank : {0, 4})
+          for (int wz = 0; wz < 2; ++wz) {
+            if (kind == OpKind::kLinear && rp) continue;
+            OpParams p = kind == OpKind::kConv2d ? conv_params(8, 3, 1, 1) : linear_params(8);
+            p.side.rprelu = rp;
+            p.side.smb = smb;
+            p.side.lrmb_rank = rank;
+            const int n = kMinInputs + wz + p.side.extra_inputs();
+            InputLayout l;
+            if (!input_layout(p, n, "", &l).ok) continue;
+            std::printf("%s{\"op\": \"%s\", \"rprelu\": %d, \"smb\": %d, \"lrmb_rank\": %d, \"n\": %d, "
+                        "\"positions\": {\"Wzero\": %d, \"rprelu\": %d, \"smb_rowptr\": %d, \"smb_col\": %d, "
+                        "\"smb_val\": %d, \"lr_down\": %d, \"lr_up\": %d}}",
+                        first ? "" : ", ", op_name(kind), rp, smb, rank, n, l.wzero, l.rprelu, l.smb_rowptr,
+                        l.smb_col, l.smb_val, l.lr_down, l.lr_up);
+            first = false;
+          }
+  std::printf("]\n");
+}
+
 }  // namespace
 
 int main(int argc, char** argv) {
   if (argc > 1 && std::strcmp(argv[1], "--dump-fields") == 0) {
     dump_fields();
+    return 0;
+  }
+  if (argc > 1 && std::strcmp(argv[1], "--dump-layouts") == 0) {
+    dump_layouts();
     return 0;
   }
   int failed_tests = 0;

@@ -251,8 +251,9 @@ TORCH_LIBRARY(bimaco, m) {
       "int in_channels, Tensor? wzero=None) -> Tensor");
   m.def("binary_linear(Tensor x, Tensor wbits, Tensor alpha, Tensor bias, int in_features, Tensor? wzero=None) -> Tensor");
   // A whole BiMaCoSR binary layer: the contract op plus its side branches (RPReLU, SMB
-  // as CSR, LRMB as its two factors) fused into the GEMM epilogue. CPU only: the packed
-  // backend composes the contract op and torch ops elsewhere.
+  // as CSR, LRMB as its two factors) fused into the GEMM epilogue. CPU kernels here; the
+  // CUDA ones (ops_cuda.cu) are the TensorRT plugin's epilogue, held to these by the
+  // cuda-marked tests. The packed backend uses the CPU ones and composes elsewhere.
   m.def(
       "binary_conv2d_fused(Tensor x, Tensor wbits, Tensor alpha, Tensor bias, int[2] stride, int[4] padding, "
       "int in_channels, Tensor? wzero=None, Tensor? rprelu=None, Tensor? smb_rowptr=None, Tensor? smb_col=None, "

@@ -70,10 +70,70 @@ at::Tensor workspace(const at::Tensor& x, size_t bytes) {
   return at::empty({static_cast<int64_t>(bytes)}, x.options().dtype(at::kByte));
 }
 
-at::Tensor binary_conv2d_cuda(const at::Tensor& x, const at::Tensor& wbits, const at::Tensor& alpha,
-                              const at::Tensor& bias, at::IntArrayRef stride, at::IntArrayRef padding,
-                              int64_t in_channels, const c10::optional<at::Tensor>& wzero) {
-  constexpr const char* op = "binary_conv2d";
+using OptTensor = c10::optional<at::Tensor>;
+
+// The fused ops' side-branch tensors, checked and made contiguous in the layout the
+// kernels read; `side` points into `hold`, which must outlive the launch.
+struct SideHold {
+  at::Tensor rprelu, rowptr, col, val, down, up;
+};
+
+void prepare_side(const at::Tensor& x, int64_t o, int64_t c, const OptTensor& rprelu, const OptTensor& rowptr,
+                  const OptTensor& col, const OptTensor& val, const OptTensor& down, const OptTensor& up,
+                  const char* op, SideHold* hold, bimaco::cuda::SideBranches* side) {
+  // Side parameters follow X's dtype (the contract); the CPU ops take float32, so a caller
+  // with fp16 X may pass float32 tables: they are converted here, once per call.
+  auto floats = [&](const at::Tensor& t, at::IntArrayRef shape, const char* name) {
+    TORCH_CHECK(t.is_floating_point() && t.sizes() == shape, op, ": ", name, " must be float ", shape, ", got ",
+                t.scalar_type(), " ", t.sizes());
+    check_same_device(x, t, op, name);
+    return t.to(x.scalar_type()).contiguous();
+  };
+  if (rprelu) {
+    hold->rprelu = floats(*rprelu, {3, o}, "rprelu (rows b0, slope, b1)");
+    side->rprelu = hold->rprelu.data_ptr();
+  }
+  if (rowptr || col || val) {
+    TORCH_CHECK(rowptr && col && val, op, ": SMB needs smb_rowptr, smb_col and smb_val");
+    TORCH_CHECK(rowptr->scalar_type() == at::kInt && rowptr->dim() == 1 && rowptr->size(0) == o + 1, op,
+                ": smb_rowptr must be int32 [", o + 1, "], got ", rowptr->scalar_type(), " ", rowptr->sizes());
+    TORCH_CHECK(col->scalar_type() == at::kShort && col->dim() == 1, op, ": smb_col must be int16 [nnz], got ",
+                col->scalar_type(), " ", col->sizes());
+    check_same_device(x, *rowptr, op, "smb_rowptr");
+    check_same_device(x, *col, op, "smb_col");
+    TORCH_CHECK(col->size(0) <= bimaco::kSmbMaxEntries, op, ": ", col->size(0), " SMB entries exceed the ",
+                bimaco::kSmbMaxEntries, " the 16-bit row starts of the CUDA kernels hold");
+    // the kernels read 16-bit row starts (the TensorRT plugin's input layout); every start
+    // is at most nnz, so the narrowing is exact
+    hold->rowptr = rowptr->to(at::kShort).contiguous();
+    hold->col = col->contiguous();
+    hold->val = floats(*val, {col->size(0)}, "smb_val");
+    // The table itself lives on the device; bad entries would read out of bounds. The
+    // exporter and pack_layer build it from validated checkpoints: checking it here would
+    // cost a device-to-host copy per call.
+    TORCH_CHECK(c <= bimaco::kSmbMaxChannels, op, ": SMB columns hold at most ", bimaco::kSmbMaxChannels,
+                " input channels, got ", c);
+    side->smb_rowptr = reinterpret_cast<const uint16_t*>(hold->rowptr.data_ptr<int16_t>());
+    side->smb_col = reinterpret_cast<const uint16_t*>(hold->col.data_ptr<int16_t>());
+    side->smb_val = hold->val.data_ptr();
+  }
+  if (down || up) {
+    TORCH_CHECK(down && up, op, ": LRMB needs lr_down and lr_up");
+    const int64_t r = down->size(0);
+    TORCH_CHECK(r > 0 && r <= bimaco::kMaxLrmbRank, op, ": LRMB rank must lie in [1, ", bimaco::kMaxLrmbRank,
+                "], got ", r);
+    hold->down = floats(*down, {r, c}, "lr_down [rank, in]");
+    hold->up = floats(*up, {o, r}, "lr_up [out, rank]");
+    side->rank = static_cast<int>(r);
+    side->lr_down = hold->down.data_ptr();
+    side->lr_up = hold->up.data_ptr();
+  }
+}
+
+at::Tensor conv_cuda(const at::Tensor& x, const at::Tensor& wbits, const at::Tensor& alpha, const at::Tensor& bias,
+                     at::IntArrayRef stride, at::IntArrayRef padding, int64_t in_channels, const OptTensor& wzero,
+                     const OptTensor& rprelu, const OptTensor& rowptr, const OptTensor& col, const OptTensor& val,
+                     const OptTensor& down, const OptTensor& up, const char* op) {
   TORCH_CHECK(x.dim() == 4, op, ": x must be [N, C, H, W], got ", x.sizes());
   TORCH_CHECK(x.size(1) == in_channels, op, ": x has ", x.size(1), " channels, in_channels=", in_channels);
   TORCH_CHECK(stride.size() == 2 && stride[0] > 0 && stride[1] > 0, op, ": stride must be 2 positive ints, got ",
@@ -103,20 +163,42 @@ at::Tensor binary_conv2d_cuda(const at::Tensor& x, const at::Tensor& wbits, cons
   const at::Tensor xc = x.contiguous();
   const at::Tensor wb = wbits.contiguous(), a = alpha.contiguous(), b = bias.contiguous();
   const at::Tensor wz = wzero.has_value() ? wzero->contiguous() : at::Tensor();
+  SideHold hold;
+  bimaco::cuda::SideBranches side;
+  prepare_side(xc, s.o, s.c, rprelu, rowptr, col, val, down, up, op, &hold, &side);
+  TORCH_CHECK(!(side.smb_rowptr || side.rank) || (s.stride_h == 1 && s.stride_w == 1 && s.out_h() == s.h &&
+                                                 s.out_w() == s.w),
+              op, ": SMB/LRMB need stride 1 and an output the size of the input");
   at::Tensor y = at::empty({s.n, s.o, s.out_h(), s.out_w()}, xc.options());
   if (s.n == 0) return y;
-  const at::Tensor ws = workspace(xc, bimaco::cuda::conv2d_workspace_bytes(s));
+  const at::Tensor ws = workspace(xc, bimaco::cuda::conv2d_workspace_bytes(s, side.rank));
   check_cuda(bimaco::cuda::binary_conv2d(s, dtype_of(xc), xc.data_ptr(), wb.data_ptr<int32_t>(),
                                          wz.defined() ? wz.data_ptr<int32_t>() : nullptr, a.data_ptr<float>(),
                                          b.data_ptr<float>(), y.data_ptr(), ws.data_ptr(),
-                                         current_stream(xc.device())),
+                                         current_stream(xc.device()), side.any() ? &side : nullptr),
              op);
   return y;
 }
 
-at::Tensor binary_linear_cuda(const at::Tensor& x, const at::Tensor& wbits, const at::Tensor& alpha,
-                              const at::Tensor& bias, int64_t in_features, const c10::optional<at::Tensor>& wzero) {
-  constexpr const char* op = "binary_linear";
+at::Tensor binary_conv2d_cuda(const at::Tensor& x, const at::Tensor& wbits, const at::Tensor& alpha,
+                              const at::Tensor& bias, at::IntArrayRef stride, at::IntArrayRef padding,
+                              int64_t in_channels, const OptTensor& wzero) {
+  return conv_cuda(x, wbits, alpha, bias, stride, padding, in_channels, wzero, {}, {}, {}, {}, {}, {},
+                   "binary_conv2d");
+}
+
+at::Tensor binary_conv2d_fused_cuda(const at::Tensor& x, const at::Tensor& wbits, const at::Tensor& alpha,
+                                    const at::Tensor& bias, at::IntArrayRef stride, at::IntArrayRef padding,
+                                    int64_t in_channels, const OptTensor& wzero, const OptTensor& rprelu,
+                                    const OptTensor& smb_rowptr, const OptTensor& smb_col, const OptTensor& smb_val,
+                                    const OptTensor& lr_down, const OptTensor& lr_up) {
+  return conv_cuda(x, wbits, alpha, bias, stride, padding, in_channels, wzero, rprelu, smb_rowptr, smb_col, smb_val,
+                   lr_down, lr_up, "binary_conv2d_fused");
+}
+
+at::Tensor linear_cuda(const at::Tensor& x, const at::Tensor& wbits, const at::Tensor& alpha, const at::Tensor& bias,
+                       int64_t in_features, const OptTensor& wzero, const OptTensor& rowptr, const OptTensor& col,
+                       const OptTensor& val, const OptTensor& down, const OptTensor& up, const char* op) {
   TORCH_CHECK(x.dim() >= 1, op, ": x must have at least one dim");
   TORCH_CHECK(x.size(-1) == in_features, op, ": x has last dim ", x.size(-1), ", in_features=", in_features);
   check_params(x, wbits, alpha, bias, wzero, in_features, 2, op);
@@ -132,15 +214,31 @@ at::Tensor binary_linear_cuda(const at::Tensor& x, const at::Tensor& wbits, cons
   const at::Tensor wz = wzero.has_value() ? wzero->contiguous() : at::Tensor();
   std::vector<int64_t> out_shape(x.sizes().begin(), x.sizes().end());
   out_shape.back() = s.o;
+  SideHold hold;
+  bimaco::cuda::SideBranches side;
+  prepare_side(xc, s.o, s.k, {}, rowptr, col, val, down, up, op, &hold, &side);
   at::Tensor y = at::empty(out_shape, xc.options());
   if (s.rows == 0) return y;
-  const at::Tensor ws = workspace(xc, bimaco::cuda::linear_workspace_bytes(s));
+  const at::Tensor ws = workspace(xc, bimaco::cuda::linear_workspace_bytes(s, side.rank));
   check_cuda(bimaco::cuda::binary_linear(s, dtype_of(xc), xc.data_ptr(), wb.data_ptr<int32_t>(),
                                          wz.defined() ? wz.data_ptr<int32_t>() : nullptr, a.data_ptr<float>(),
                                          b.data_ptr<float>(), y.data_ptr(), ws.data_ptr(),
-                                         current_stream(xc.device())),
+                                         current_stream(xc.device()), side.any() ? &side : nullptr),
              op);
   return y;
+}
+
+at::Tensor binary_linear_cuda(const at::Tensor& x, const at::Tensor& wbits, const at::Tensor& alpha,
+                              const at::Tensor& bias, int64_t in_features, const OptTensor& wzero) {
+  return linear_cuda(x, wbits, alpha, bias, in_features, wzero, {}, {}, {}, {}, {}, "binary_linear");
+}
+
+at::Tensor binary_linear_fused_cuda(const at::Tensor& x, const at::Tensor& wbits, const at::Tensor& alpha,
+                                    const at::Tensor& bias, int64_t in_features, const OptTensor& wzero,
+                                    const OptTensor& smb_rowptr, const OptTensor& smb_col, const OptTensor& smb_val,
+                                    const OptTensor& lr_down, const OptTensor& lr_up) {
+  return linear_cuda(x, wbits, alpha, bias, in_features, wzero, smb_rowptr, smb_col, smb_val, lr_down, lr_up,
+                     "binary_linear_fused");
 }
 
 }  // namespace
@@ -148,4 +246,6 @@ at::Tensor binary_linear_cuda(const at::Tensor& x, const at::Tensor& wbits, cons
 TORCH_LIBRARY_IMPL(bimaco, CUDA, m) {
   m.impl("binary_conv2d", &binary_conv2d_cuda);
   m.impl("binary_linear", &binary_linear_cuda);
+  m.impl("binary_conv2d_fused", &binary_conv2d_fused_cuda);
+  m.impl("binary_linear_fused", &binary_linear_fused_cuda);
 }

@@ -9,6 +9,7 @@ import torch
 
 from bimaco_deploy.errors import ArtifactError, BackendUnavailable, InputError
 
+from conftest import assert_backend_computes_the_reference
 from conftest import need as _need
 
 
@@ -29,20 +30,30 @@ def unet(artifacts):
     return OrtUNet(artifacts, device="cpu")
 
 
-def test_unet_callable_reproduces_the_fixture(unet):
+@pytest.fixture(scope="module")
+def runner(artifacts):
+    from bimaco_deploy.backends.onnxruntime import OrtParityRunner
+
+    return OrtParityRunner(artifacts, device="cpu")
+
+
+def test_unet_callable_reproduces_the_fixture(unet, runner, tiny_unet):
+    """The original's case1 output, to 1e-5, or (where this CPU's summation order flips a
+    near-zero activation) exactly what the reference computes with ONNX Runtime's sign choices."""
     io = np.load(_need("io.npz"))
     x, t, lq = (torch.from_numpy(io[f"case1_{k}"]) for k in ("x", "timesteps", "lq"))
     out = unet(x, t, lq)
     assert isinstance(out, torch.Tensor) and out.dtype == torch.float32 and out.shape == x.shape
-    ref = io["case1_out"]
-    assert np.abs(out.numpy() - ref).max() / np.abs(ref).max() < 1e-5
     # numpy in, numpy out
     out_np = unet(io["case1_x"], io["case1_timesteps"], io["case1_lq"])
     assert isinstance(out_np, np.ndarray)
     np.testing.assert_array_equal(out_np, out.numpy())
+    ref = io["case1_out"]
+    if np.abs(out.numpy() - ref).max() / np.abs(ref).max() >= 1e-5:
+        assert_backend_computes_the_reference(runner, tiny_unet, x, t, lq, out)
 
 
-def test_pipeline_accepts_the_backend(artifacts, unet):
+def test_pipeline_accepts_the_backend(artifacts, unet, runner, tiny_unet):
     from bimaco_deploy.models import load_autoencoder, load_config
     from bimaco_deploy.pipeline.onestep import OneStepSR
 
@@ -52,11 +63,13 @@ def test_pipeline_accepts_the_backend(artifacts, unet):
     pipe = OneStepSR(unet, vq, cfg, vq_dtype=torch.float32)
     stages = pipe.stages(torch.from_numpy(e2e["lr_01"]), noise=torch.from_numpy(e2e["noise"]))
     assert stages["sr"].shape == (1, 3, 160, 192)
-    # the UNet stage fed its recorded input (the vqfp16 variant reproduces without flips)
-    got = unet(torch.from_numpy(e2e["vqfp16_unet_in_x"]), torch.from_numpy(e2e["timesteps"]),
-               torch.from_numpy(e2e["y0_padded"]))
+    # the UNet stage fed its recorded input: the original's output, or the reference's with
+    # ONNX Runtime's choices at near-zero activations (they depend on this CPU's summation order)
+    x, t, lq = (torch.from_numpy(e2e[k]) for k in ("vqfp16_unet_in_x", "timesteps", "y0_padded"))
+    got = unet(x, t, lq)
     ref = e2e["vqfp16_unet_out"]
-    assert np.abs(got.numpy() - ref).max() / np.abs(ref).max() < 1e-5
+    if np.abs(got.numpy() - ref).max() / np.abs(ref).max() >= 1e-5:
+        assert_backend_computes_the_reference(runner, tiny_unet, x, t, lq, got)
 
 
 @pytest.mark.parametrize("h,w", [(48, 64), (64, 40), (16, 32)])

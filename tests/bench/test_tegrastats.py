@@ -196,3 +196,14 @@ def test_sampler_reads_a_live_process(tmp_path):
     report = sampler.energy_per_image(t0, t1, 2)
     assert report.mean_power_w == pytest.approx(5.704)
     assert sampler._proc is None  # stopped
+
+
+def test_rail_power_of_a_window_shorter_than_the_sampling_interval_holds_the_nearest_samples():
+    """A fast model finishes between two samples: the rails still report the power around it,
+    interpolated like the energy, not an empty table."""
+    a = ts.parse_line("VDD_IN 5000mW/5000mW VDD_SOC 1000mW/1000mW")
+    b = ts.parse_line("VDD_IN 7000mW/6000mW VDD_SOC 2000mW/1500mW")
+    samples = [(0.0, a), (1.0, b)]
+    got = ts.rail_power_w(samples, 0.4, 0.6)
+    assert got == pytest.approx({"VDD_IN": 6.0, "VDD_SOC": 1.5})
+    assert ts.rail_power_w(samples, 2.0, 3.0) == pytest.approx({"VDD_IN": 7.0, "VDD_SOC": 2.0})

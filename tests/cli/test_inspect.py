@@ -14,6 +14,7 @@ def test_inspect_published_config_counts_layers_and_float_params(tmp_path):
     result = CliRunner().invoke(app, ["inspect", "--config", "bimacosr", "--json", str(out)])
     assert result.exit_code == 0, result.output
     report = json.loads(out.read_text())
+    assert report["binary_layers"] == 178
     assert report["binary_conv_layers"] == 118
     assert report["binary_linear_layers"] == 60
     assert report["float_model_params"] == 118_593_583
@@ -38,7 +39,7 @@ def test_inspect_with_checkpoint_counts_exact_zero_weights(tiny_dir, tmp_path):
     )
     assert result.exit_code == 0, result.output
     report = json.loads(out.read_text())
-    assert report["binary_conv_layers"] + report["binary_linear_layers"] == 177
+    assert report["binary_layers"] == report["binary_conv_layers"] + report["binary_linear_layers"] == 177
     assert report["exact_zero_latent_weights"] == 0
 
 

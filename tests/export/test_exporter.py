@@ -136,7 +136,10 @@ def test_fp16_export_error_is_measured(tmp_path):
     assert m.graph.input[0].type.tensor_type.elem_type == onnx.TensorProto.FLOAT16
     inits = {t.name: t for t in m.graph.initializer}
     assert inits["input_blocks.1.0.in_layers.2.alpha"].data_type == onnx.TensorProto.FLOAT  # contract: fp32
-    assert inits["input_blocks.1.0.in_layers.2.rprelu_slope"].data_type == onnx.TensorProto.FLOAT16
+    # fused side branches: their tables follow X's dtype (contract), like the standard-op weights did
+    assert inits["input_blocks.1.0.in_layers.2.rprelu_params"].data_type == onnx.TensorProto.FLOAT16
+    assert inits["input_blocks.1.0.in_layers.2.smb_val"].data_type == onnx.TensorProto.FLOAT16
+    assert inits["input_blocks.1.0.in_layers.2.smb_col"].data_type == onnx.TensorProto.INT32
     assert res.report["files"]["unet.onnx"] < 0.8 * res.report["files"]["unet_portable.onnx"] + 1e6
     io = np.load(_need("io.npz"))
     out = OrtUNet(res.out_dir, device="cpu")(io["case1_x"], io["case1_timesteps"], io["case1_lq"])

@@ -14,7 +14,6 @@ import pytest
 from bimaco_deploy.export.graph_builder import GraphBuilder
 from bimaco_deploy.export.layer_params import BinaryConvLayer, BinaryLinearLayer, SparseRows
 from bimaco_deploy.export.onnx_nodes import emit_core, single_layer_model
-from bimaco_deploy.export.smb_table import emit_unpack_bitstream, field_bits, pack_bitstream
 from bimaco_deploy.export.portable import has_custom_nodes, to_portable
 from bimaco_deploy.plugins import contract
 
@@ -216,31 +215,149 @@ def test_custom_node_follows_the_contract_for_tensorrt():
     onnx.checker.check_model(model, full_check=True)
 
 
-@pytest.mark.parametrize("bits,count", [(1, 1), (5, 37), (11, 1000), (16, 33), (31, 9)])
-def test_bitstream_packing_round_trips_through_onnx(bits, count):
-    rng = np.random.default_rng(bits)
-    values = rng.integers(0, 1 << bits, count)
-    values[0] = (1 << bits) - 1  # all ones straddling word boundaries
-    words = pack_bitstream(values, bits)
-    assert words.dtype == np.int32 and words.min() >= 0
-    assert words.size <= count * bits // 31 + 2  # no padding beyond the stream
-    gb = GraphBuilder()
-    out = emit_unpack_bitstream(gb, gb.initializer("w", words), values.size, bits, "u")
-    gb.op("Identity", [out], outputs=["Y"])
-    gb.add_output("Y", onnx.TensorProto.INT64, [count])
-    got = _session(gb.make_model("u")).run(None, {})[0]
-    np.testing.assert_array_equal(got, values)
+@pytest.mark.parametrize("count", [0, 1, 2, 7, 1000])
+def test_16_bit_tables_pack_two_per_word(count):
+    rng = np.random.default_rng(count)
+    cols = rng.integers(0, contract.SMB_MAX_CHANNELS, count)
+    if count:
+        cols[0] = contract.SMB_MAX_CHANNELS - 1  # the widest index keeps the word non-negative
+    words = contract.pack_halves(cols)
+    assert words.dtype == np.int32 and words.size == (count + 1) // 2 and (words >= 0).all()
+    np.testing.assert_array_equal(contract.unpack_halves(words, count), cols)
+    # byte for byte the int16 column table of the CPU kernels (little-endian)
+    np.testing.assert_array_equal(words.view("<i2")[:count], cols.astype(np.int16))
     with pytest.raises(ValueError):
-        pack_bitstream([1 << bits], bits)
-    assert field_bits(1279) == 11 and field_bits(21) == 5 and field_bits(0) == 1
+        contract.pack_halves([contract.SMB_MAX_CHANNELS])
 
 
-def test_smb_stays_compact_never_dense():
+def test_smb_table_decode_matches_the_rows():
+    """The shared table's int32 decode (ONNX Runtime) gives every layer its padded rows."""
+    from bimaco_deploy.export.layer_params import SparseRows
+    from bimaco_deploy.export.smb_table import smb_table_for
+
+    rng = np.random.default_rng(3)
+    layers = []
+    for o, c in ((5, 40), (9, 1300), (3, 7)):
+        counts = rng.integers(0, 6, o)
+        counts[0] = 0  # an empty row
+        nnz = int(counts.sum())
+        layers.append(SparseRows(cols=rng.integers(0, c, nnz), values=rng.standard_normal(nnz).astype(np.float32),
+                                 counts=counts.astype(np.int64)))
+    gb = GraphBuilder()
+    outs = []
+    for i, smb in enumerate(layers):
+        idx, val = smb_table_for(gb).add(smb, f"l{i}")
+        outs += [gb.op("Identity", [idx], outputs=[f"idx{i}"]), gb.op("Identity", [val], outputs=[f"val{i}"])]
+        gb.add_output(f"idx{i}", onnx.TensorProto.INT32, None)
+        gb.add_output(f"val{i}", onnx.TensorProto.FLOAT, None)
+    got = _session(gb.make_model("t")).run(None, {})
+    for i, smb in enumerate(layers):
+        index, value = smb.padded()
+        np.testing.assert_array_equal(got[2 * i], index.reshape(-1))
+        np.testing.assert_array_equal(got[2 * i + 1], value)
+
+
+@pytest.mark.parametrize("fuse,prefix", [(False, "smb_table."), (True, "L.smb_")], ids=["shared-table", "fused-csr"])
+def test_smb_stays_compact_never_dense(fuse, prefix):
     rng = np.random.default_rng(5)
     layer = _conv_layer(rng, 640, 640, 3, 1)
-    model = single_layer_model(layer, portable=False)
-    smb_bytes = sum(len(t.raw_data) for t in model.graph.initializer if t.name.startswith("smb_table."))
+    model = single_layer_model(layer, portable=False, fuse=fuse)
+    smb_bytes = sum(len(t.raw_data) for t in model.graph.initializer if t.name.startswith(prefix))
     assert smb_bytes > 4 * layer.smb.nnz  # the values alone
     dense_bytes = 640 * 640 * 4
-    # values (4 B) + 10-bit columns + 5-bit row counts: far below a dense matrix
-    assert smb_bytes < 6 * layer.smb.nnz < dense_bytes / 50
+    # values (4 B) + 16-bit columns + a 4-byte row start per output row: far below a dense matrix
+    assert smb_bytes <= 4 * layer.smb.nnz + 2 * (layer.smb.nnz + 2) + 4 * (640 + 1)
+    assert smb_bytes < dense_bytes / 50
+
+
+# --------------------------------------------------------------------------- fused side branches
+
+
+def _node_side(model: onnx.ModelProto) -> dict:
+    """The fused node's side inputs as arrays, by contract name."""
+    node = next(n for n in model.graph.node if n.domain == contract.DOMAIN)
+    attrs = {a.name: onnx.helper.get_attribute_value(a) for a in node.attribute}
+    layout = contract.OPS[node.op_type].layout(attrs, len(node.input))
+    inits = {t.name: onnx.numpy_helper.to_array(t) for t in model.graph.initializer}
+    return {name: inits[node.input[i]] for name, i in layout.items() if name != "X"}
+
+
+@pytest.mark.parametrize("c,o,k,stride,h,w,zeros", CONV_CASES)
+def test_fused_conv_node_is_the_standard_layer(c, o, k, stride, h, w, zeros):
+    """One fused node = the layer: its portable expansion equals the unfused portable graph bit
+    for bit, the contract's numpy reference on the node's own tables equals the independent
+    layer reference, and the node holds exactly the side inputs its attributes announce."""
+    rng = np.random.default_rng(7 + hash((c, o, k, stride)) % 2**32)
+    layer = _conv_layer(rng, c, o, k, stride, zeros=zeros)
+    x = _x_with_zeros(rng, (2, c, h - h % stride, w - w % stride))
+    fused = single_layer_model(layer, portable=False, fuse=True)
+    onnx.checker.check_model(fused, full_check=True)
+    node = next(n for n in fused.graph.node if n.domain == contract.DOMAIN)
+    attrs = {a.name: onnx.helper.get_attribute_value(a) for a in node.attribute}
+    assert attrs["rprelu"] == 1
+    assert attrs.get("smb", 0) == (0 if layer.avgpool_shortcut else 1)
+    assert attrs.get("lrmb_rank", 0) == (0 if layer.avgpool_shortcut else 3)
+    got = _session(to_portable(fused)).run(None, {"X": x})[0]
+    standard = _session(single_layer_model(layer, portable=True)).run(None, {"X": x})[0]
+    np.testing.assert_array_equal(got, standard)
+    want = _conv_layer_reference(layer, x)
+    np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5 * np.abs(want).max())
+    # the contract's reference of the fused maths, fed with the node's own tables
+    side = _node_side(fused)
+    pw = layer.packed
+    core = contract.binary_conv2d_reference(x, pw.bits, pw.alpha, layer.bias, in_channels=c, kernel_shape=(k, k),
+                                            strides=(stride, stride), pads=layer.pads, wzero=pw.zero)
+    ref = contract.side_branches_reference(
+        x, core, conv=True, rprelu=side.get("rprelu"), smb_rowptr=side.get("smb_rowptr"),
+        smb_col=side.get("smb_col"), smb_val=side.get("smb_val"), lr_down=side.get("lr_down"),
+        lr_up=side.get("lr_up"))
+    if layer.avgpool_shortcut:
+        n_, c_, h_, w_ = x.shape
+        ref = ref + x.reshape(n_, c_, h_ // stride, stride, w_ // stride, stride).mean(axis=(3, 5))
+    np.testing.assert_allclose(ref, want, rtol=1e-5, atol=1e-5 * np.abs(want).max())
+
+
+@pytest.mark.parametrize("shape", [(3,), (2, 5)])
+def test_fused_linear_node_is_the_standard_layer(shape):
+    rng = np.random.default_rng(len(shape))
+    layer = _linear_layer(rng, 45, 19, zeros="scattered")
+    x = _x_with_zeros(rng, shape + (45,))
+    fused = single_layer_model(layer, portable=False, x_rank=x.ndim, fuse=True)
+    got = _session(to_portable(fused)).run(None, {"X": x})[0]
+    standard = _session(single_layer_model(layer, portable=True, x_rank=x.ndim)).run(None, {"X": x})[0]
+    np.testing.assert_array_equal(got, standard)
+    want = _linear_layer_reference(layer, x)
+    np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5 * np.abs(want).max())
+    side = _node_side(fused)
+    assert set(side) == {"Wbits", "alpha", "bias", "Wzero", "smb_rowptr", "smb_col", "smb_val", "lr_down", "lr_up"}
+    pw = layer.packed
+    core = contract.binary_linear_reference(x, pw.bits, pw.alpha, layer.bias, in_features=45, wzero=pw.zero)
+    tables = {k: side[k] for k in ("smb_rowptr", "smb_col", "smb_val", "lr_down", "lr_up")}
+    ref = contract.side_branches_reference(x, core, conv=False, **tables)
+    np.testing.assert_allclose(ref, want, rtol=1e-5, atol=1e-5 * np.abs(want).max())
+
+
+def test_fused_fp16_node_keeps_x_dtype_tables():
+    rng = np.random.default_rng(11)
+    layer = _conv_layer(rng, 40, 24, 3, 1)
+    fused = single_layer_model(layer, portable=False, float_dtype=np.float16, fuse=True)
+    side = _node_side(fused)
+    assert side["alpha"].dtype == np.float32 and side["bias"].dtype == np.float32  # the core's stay float32
+    for name in ("rprelu", "smb_val", "lr_down", "lr_up"):
+        assert side[name].dtype == np.float16, name
+    assert side["smb_rowptr"].dtype == np.int32 and side["smb_col"].dtype == np.int32
+    x = rng.standard_normal((1, 40, 6, 6)).astype(np.float16)
+    got = _session(to_portable(fused)).run(None, {"X": x})[0]
+    standard = _session(single_layer_model(layer, portable=True, float_dtype=np.float16)).run(None, {"X": x})[0]
+    np.testing.assert_array_equal(got, standard)
+
+
+def test_fused_node_expansion_needs_the_initializers():
+    from bimaco_deploy.errors import ArtifactError
+    from bimaco_deploy.export.portable import expand_node
+
+    rng = np.random.default_rng(12)
+    fused = single_layer_model(_conv_layer(rng, 8, 8, 3, 1), portable=False, fuse=True)
+    node = next(n for n in fused.graph.node if n.domain == contract.DOMAIN)
+    with pytest.raises(ArtifactError, match="needs the graph's initializers"):
+        expand_node(GraphBuilder(), node, False)

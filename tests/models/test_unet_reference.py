@@ -7,6 +7,8 @@ import pytest
 import torch
 
 from bimaco_deploy.models import iter_binary_layers
+from conftest import WRONG_LAYER_KINDS, wrong_layer_copy
+
 from bimaco_deploy.models.probes import capture_binary_inputs, explain_divergence, force_signs, sign_margins
 
 LAYER_CASES = ["conv3x3", "linear2d", "conv3x3_stride2", "linear3d", "conv1x1"]
@@ -46,61 +48,64 @@ def test_binary_layers_run_in_the_fixture_order(tiny_unet, signs):
     assert [n for n, _ in iter_binary_layers(tiny_unet)] == [str(n) for n in signs["layer_names"]]
 
 
-def test_case1_has_no_sign_flip_and_matches_tightly(tiny_unet, io, signs):
-    out, cap = _run(tiny_unet, io, 1)
-    assert np.abs(out.numpy() - io["case1_out"]).max() < 1e-5
-    for i, name in enumerate(signs["layer_names"]):
-        zero_key = f"case1_L{i:03d}_zero_idx"
-        ours = np.flatnonzero(cap[str(name)].reshape(-1).numpy() == 0)
-        expected = np.sort(signs[zero_key]) if zero_key in signs else np.array([], dtype=np.int64)
-        assert np.array_equal(np.sort(ours), expected), f"exact zeros differ in {name}"
+# Whole-model cases. Float summation order differs between CPUs (AVX2 vs AVX-512 kernels in
+# oneDNN), and a near-zero activation can then take the other sign and avalanche (fixture README,
+# "Numerical sensitivity"). So no case is required to match or to diverge: each either matches
+# the original tightly, or its divergence is fully explained by a few sign changes at elements
+# whose margin in the original is below 1e-6, with which the whole output matches to 1e-5.
+# A real bug (a wrong sign bit, a wrong alpha) cannot be explained this way: see
+# test_a_wrong_layer_is_never_explained_as_rounding.
+TIGHT = 1e-5
+FLIP_MARGIN = 1e-6
+MAX_FLIPS = 4
 
-
-def test_case0_diverges_only_through_one_near_zero_activation(tiny_unet, io, signs):
-    """Full sign patterns are stored for case0: the first disagreement must be a fragile element,
-    and giving that one element the original's sign must reproduce the original's output."""
-    out, cap = _run(tiny_unet, io, 0)
-    layers = dict(iter_binary_layers(tiny_unet))
-    first = None
-    for i, name in enumerate(str(n) for n in signs["layer_names"]):
-        x = cap[name].reshape(-1).numpy()
-        negative = np.unpackbits(signs[f"case0_L{i:03d}_signbits"])[: x.size].astype(bool)
-        diff = np.flatnonzero((x < 0) != negative)
-        if diff.size:
-            first = (i, name, diff)
-            break
-    assert first is not None, "case0 is documented to diverge; if it no longer does, tighten this test"
-    i, name, diff = first
-    assert diff.size == 1, f"{diff.size} sign disagreements in {name}, expected a single fragile one"
-    fragile = set(signs[f"case0_L{i:03d}_fragile_idx"].tolist())
-    assert int(diff[0]) in fragile
-    margin = float(sign_margins(layers[name], cap[name]).reshape(-1)[diff[0]])
-    assert margin < 1e-6, f"the disagreeing element has margin {margin:.1e}: that is a bug, not rounding"
-    x0 = float(cap[name].reshape(-1)[diff[0]])
-    forced, _ = _run(tiny_unet, io, 0, {name: [(int(diff[0]), -int(np.sign(x0)), margin)]})
-    assert np.abs(forced.numpy() - io["case0_out"]).max() < 1e-5
-
-
-# Flips found by explain_divergence on this platform (torch 2.13 CPU): (layer, flat index, the
-# original's margin there from signs.npz, the sign the original gave it). Replaying them is fast;
-# if they stop reproducing (another torch build sums in another order), the test searches anew.
+# Flip sets seen on our CPUs (torch 2.13): (layer, flat index, the original's margin there from
+# signs.npz, the sign the original gave it; None: the other sign than ours). They are only a
+# fast first guess: each is verified like any explanation, and the search runs when none fits.
 KNOWN_FLIPS = {
     2: [
-        ("output_blocks.9.1.blocks.0.mlp.fc2", 337533, 1.886621845414993e-07, None),
-        ("output_blocks.9.1.blocks.1.mlp.fc2", 392047, 0.0, 0),
+        [  # AMD Zen 3 (AVX2)
+            ("output_blocks.9.1.blocks.0.mlp.fc2", 337533, 1.886621845414993e-07, None),
+            ("output_blocks.9.1.blocks.1.mlp.fc2", 392047, 0.0, 0),
+        ],
+        [  # AMD Zen 5 (AVX-512)
+            ("input_blocks.1.1.blocks.0.mlp.fc1", None, 3.907496548549716e-08, None),
+            ("output_blocks.9.1.blocks.0.mlp.fc2", 337533, 1.886621845414993e-07, None),
+            ("output_blocks.9.1.blocks.1.mlp.fc2", 392047, 0.0, 0),
+        ],
     ],
     3: [
-        ("input_blocks.7.1.blocks.1.attn.proj", 5122, 3.091318205861171e-07, None),
-        ("output_blocks.9.1.blocks.0.mlp.fc2", 71120, 1.7593559675788129e-07, None),
-        ("output_blocks.9.1.blocks.1.attn.proj", 20809, 2.848799738330854e-07, None),
+        [  # AMD Zen 3 (AVX2)
+            ("input_blocks.7.1.blocks.1.attn.proj", 5122, 3.091318205861171e-07, None),
+            ("output_blocks.9.1.blocks.0.mlp.fc2", 71120, 1.7593559675788129e-07, None),
+            ("output_blocks.9.1.blocks.1.attn.proj", 20809, 2.848799738330854e-07, None),
+        ],
     ],
 }
 
 
-def _replay(model, io, case, flips):
-    """Apply recorded flips in order; a target of None means 'the other sign than ours'."""
+def _fragile(signs, case):
+    names = [str(n) for n in signs["layer_names"]]
+    return {
+        n: (signs[f"case{case}_L{i:03d}_fragile_idx"], signs[f"case{case}_L{i:03d}_fragile_margin"])
+        for i, n in enumerate(names)
+        if f"case{case}_L{i:03d}_fragile_idx" in signs
+    }
+
+
+def _replay(model, io, case, flips, fragile):
+    """Apply a recorded flip set in order; the error left, or None when the set does not apply.
+    A target of None means 'the other sign than ours'; an index of None: the fragile element
+    of that layer with the recorded margin."""
     overrides = {}
+    best = None
     for name, idx, margin, target in flips:
+        if idx is None:
+            idx_all, margins = fragile.get(name, (np.zeros(0, np.int64), np.zeros(0)))
+            hit = np.flatnonzero(np.isclose(margins, margin, rtol=1e-6, atol=0))
+            if hit.size != 1:
+                return None
+            idx = int(idx_all[hit[0]])
         if target is None:
             _, cap = _run(model, io, case, overrides)
             ours = float(cap[name].reshape(-1)[idx])
@@ -116,34 +121,76 @@ def _replay(model, io, case, flips):
             if best is None or err < best[0]:
                 best = (err, trial)
         overrides = best[1]
-    return best[0]
+    return best[0] if best else None
 
 
-@pytest.mark.parametrize("case", [2, 3])
-def test_diverging_cases_are_explained_by_near_zero_flips(tiny_unet, io, signs, case):
-    """Cases 2 and 3 diverge because float rounding flips near-zero activations (the fixture
-    README shows the same for an independent implementation). The divergence must be fully
-    explained by a few sign changes at elements whose margin in the original is below 1e-6:
-    with them the whole output matches to 1e-5. A real bug cannot be explained this way."""
-    plain, _ = _run(tiny_unet, io, case)
-    assert np.abs(plain.numpy() - io[f"case{case}_out"]).max() > 1e-3, "no longer diverges: tighten this test"
-    flips = KNOWN_FLIPS[case]
-    assert all(m < 1e-6 for _, _, m, _ in flips)
-    if _replay(tiny_unet, io, case, flips) <= 1e-5:
-        return
-    names = [str(n) for n in signs["layer_names"]]
-    fragile = {
-        n: (signs[f"case{case}_L{i:03d}_fragile_idx"], signs[f"case{case}_L{i:03d}_fragile_margin"])
-        for i, n in enumerate(names)
-        if f"case{case}_L{i:03d}_fragile_idx" in signs
-    }
+def _explain(model, io, signs, case):
+    """(max abs error left, flips): a known flip set if one fits, else the search's result."""
+    fragile = _fragile(signs, case)
+    for flips in KNOWN_FLIPS.get(case, []):
+        if all(m < FLIP_MARGIN for _, _, m, _ in flips):
+            err = _replay(model, io, case, flips, fragile)
+            if err is not None and err <= TIGHT:
+                return err, [(n, i, m) for n, i, m, _ in flips]
     result = explain_divergence(
-        lambda ov: _run(tiny_unet, io, case, ov),
-        dict(iter_binary_layers(tiny_unet)),
-        names,
+        lambda ov: _run(model, io, case, ov),
+        dict(iter_binary_layers(model)),
+        [str(n) for n in signs["layer_names"]],
         fragile,
         io[f"case{case}_out"],
+        atol=TIGHT,
+        flip_margin=FLIP_MARGIN,
+        max_flips=MAX_FLIPS,
     )
-    assert result.explained, f"not explained by near-zero flips: {result}"
-    assert len(result.flips) <= 4
-    assert all(m < 1e-6 for _, _, m, _ in result.flips)
+    return result.max_abs_error, [(n, i, m) for n, i, m, _ in result.flips]
+
+
+def _check_case(model, io, signs, case):
+    """The verdict on one io.npz case: 'match', or 'explained by N flips'; raises AssertionError."""
+    out, cap = _run(model, io, case)
+    err = float(np.abs(out.numpy() - io[f"case{case}_out"]).max())
+    if err <= TIGHT:
+        for i, name in enumerate(signs["layer_names"]):
+            zero_key = f"case{case}_L{i:03d}_zero_idx"
+            ours = np.flatnonzero(cap[str(name)].reshape(-1).numpy() == 0)
+            expected = np.sort(signs[zero_key]) if zero_key in signs else np.array([], dtype=np.int64)
+            assert np.array_equal(np.sort(ours), expected), f"case {case}: exact zeros differ in {name}"
+        return "match"
+    left, flips = _explain(model, io, signs, case)
+    assert left <= TIGHT, f"case {case} diverges by {err:.2e}; near-zero flips leave {left:.2e}: not rounding"
+    assert 0 < len(flips) <= MAX_FLIPS and all(m < FLIP_MARGIN for _, _, m in flips), flips
+    return f"explained by {len(flips)} flips"
+
+
+@pytest.mark.parametrize("case", [1, 3, pytest.param(0, marks=pytest.mark.slow), pytest.param(2, marks=pytest.mark.slow)])
+def test_whole_model_matches_the_original_or_diverges_only_through_near_zero_flips(tiny_unet, io, signs, case):
+    _check_case(tiny_unet, io, signs, case)
+
+
+def test_case0_first_sign_disagreement_is_at_fragile_elements_only(tiny_unet, io, signs):
+    """Full sign patterns are stored for case0: the first layer whose binarized input differs
+    from the original's may differ only at elements the original marks fragile, with margin
+    below 1e-6 here; with no disagreement at all the output must match tightly."""
+    out, cap = _run(tiny_unet, io, 0)
+    layers = dict(iter_binary_layers(tiny_unet))
+    for i, name in enumerate(str(n) for n in signs["layer_names"]):
+        x = cap[name].reshape(-1).numpy()
+        negative = np.unpackbits(signs[f"case0_L{i:03d}_signbits"])[: x.size].astype(bool)
+        diff = np.flatnonzero((x < 0) != negative)
+        if diff.size:
+            break
+    else:
+        assert np.abs(out.numpy() - io["case0_out"]).max() <= TIGHT
+        return
+    fragile = set(signs[f"case0_L{i:03d}_fragile_idx"].tolist())
+    assert set(diff.tolist()) <= fragile, f"non-fragile disagreement in {name} at {diff[:5]}: a bug, not rounding"
+    margins = sign_margins(layers[name], cap[name]).reshape(-1).numpy()[diff]
+    assert margins.max() < FLIP_MARGIN, f"disagreeing margins {margins}: that is a bug, not rounding"
+    assert diff.size <= MAX_FLIPS
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("kind", WRONG_LAYER_KINDS)
+def test_a_wrong_layer_is_never_explained_as_rounding(tiny_unet, io, signs, kind):
+    with pytest.raises(AssertionError, match="not rounding"):
+        _check_case(wrong_layer_copy(tiny_unet, kind), io, signs, 3)

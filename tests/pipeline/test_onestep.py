@@ -101,18 +101,50 @@ def test_float16_encode_and_decode_stages_match_to_float16_rounding(cfg, e2e):
 # --- whole pipeline with the real UNet of the fixture ---
 
 
+def _unet_stage_or_explained(unet, x, t, lq, ref: np.ndarray) -> torch.Tensor:
+    """The UNet output for (x, t, lq), matching ``ref`` to 1e-5: as computed, or, where this
+    CPU's summation order flips near-zero activations, with at most 2 sign changes at elements
+    of margin < 1e-6 (the only divergence rounding can cause; tests/models/test_probes.py shows a
+    wrong layer is never explained this way)."""
+    from bimaco_deploy.models import iter_binary_layers
+    from bimaco_deploy.models.probes import capture_binary_inputs, explain_output_divergence, force_signs
+
+    def run(overrides):
+        with torch.no_grad(), capture_binary_inputs(unet) as cap, force_signs(unet, overrides):
+            return unet(x, t, lq), cap
+
+    out, _ = run({})
+    if np.abs(out.numpy() - ref).max() > 1e-5:
+        layers = dict(iter_binary_layers(unet))
+        result = explain_output_divergence(run, layers, list(layers), ref, atol=1e-5, flip_margin=1e-6, max_flips=2)
+        assert result.explained, f"the UNet stage diverges and near-zero flips do not explain it: {result}"
+        overrides: dict = {}
+        for name, idx, margin, target in result.flips:
+            overrides.setdefault(name, []).append((idx, target, margin))
+        out, _ = run(overrides)
+    np.testing.assert_allclose(out.numpy(), ref, rtol=0, atol=1e-5)
+    return out
+
+
 @pytest.mark.slow
 def test_whole_pipeline_float32_vq_reproduces_the_original(cfg, e2e, tiny_unet):
-    """vqfp32 end to end with the recorded noise. No binarized activation flips here, so the UNet
-    output matches tightly. The saved image differs in 3 of 92,160 values, by one level: the
-    decoder's 2e-5 float noise moves a value across a .5 rounding boundary."""
-    out = _pipe(cfg, "vqfp32", tiny_unet).stages(e2e["lr_01"], noise=e2e["noise"])
+    """vqfp32 end to end with the recorded noise. The UNet output matches tightly, or (where this
+    CPU's summation order flips a near-zero activation; the fixture README saw it for an
+    independent implementation, and our AVX-512 machines see it) its divergence is explained by
+    at most 2 sign changes at elements of margin < 1e-6, and the UNet output with them matches.
+    Either way the decoded image then matches: the saved image differs in 3 of 92,160 values, by
+    one level (the decoder's 2e-5 float noise moves a value across a .5 rounding boundary)."""
+    pipe = _pipe(cfg, "vqfp32", tiny_unet)
+    out = pipe.stages(e2e["lr_01"], noise=e2e["noise"])
     assert set(out) == set(STAGE_KEYS)
-    np.testing.assert_allclose(out["unet_out"].numpy(), e2e["vqfp32_unet_out"].numpy(), rtol=0, atol=1e-5)
-    np.testing.assert_allclose(out["decoded_crop"].numpy(), e2e["vqfp32_decoded_crop"].numpy(), rtol=0, atol=1e-4)
-    ours, ref = tensor_to_uint8(out["sr"]).astype(int), e2e["vqfp32_sr_uint8"].numpy().astype(int)
-    assert np.abs(ours - ref).max() <= 1
-    assert (ours != ref).mean() <= 1e-4, (ours != ref).mean()
+    unet_out = _unet_stage_or_explained(tiny_unet, out["unet_in_x"], out["timesteps"], out["y0_padded"],
+                                        e2e["vqfp32_unet_out"].numpy())
+    decoded = pipe.decode(unet_out)[:, :, :160, :192]
+    np.testing.assert_allclose(decoded.numpy(), e2e["vqfp32_decoded_crop"].numpy(), rtol=0, atol=1e-4)
+    sr = decoded.clamp(-1.0, 1.0) * 0.5 + 0.5
+    ours, want = tensor_to_uint8(sr).astype(int), e2e["vqfp32_sr_uint8"].numpy().astype(int)
+    assert np.abs(ours - want).max() <= 1
+    assert (ours != want).mean() <= 1e-4, (ours != want).mean()
 
 
 @pytest.mark.slow
@@ -123,9 +155,7 @@ def test_float16_variant_from_the_recorded_latent_reproduces_the_original(cfg, e
     sign avalanches (DESIGN.md, parity). The stage check above covers the encoder."""
     pipe = _pipe(cfg, "vqfp16", tiny_unet)
     x_in = pipe.scale_input(pipe.prior(e2e["vqfp16_z_y"], e2e["noise"]))
-    with torch.no_grad():
-        out = tiny_unet(x_in, pipe.timesteps(1), e2e["y0_padded"])
-    np.testing.assert_allclose(out.numpy(), e2e["vqfp16_unet_out"].numpy(), rtol=0, atol=1e-5)
+    out = _unet_stage_or_explained(tiny_unet, x_in, pipe.timesteps(1), e2e["y0_padded"], e2e["vqfp16_unet_out"].numpy())
     sr = (pipe.decode(out)[:, :, :160, :192].clamp(-1, 1) * 0.5 + 0.5)
     ours, ref = tensor_to_uint8(sr).astype(int), e2e["vqfp16_sr_uint8"].numpy().astype(int)
     # measured: UNet 1.8e-6; float16 decode max 1.4e-2 / mean 6.4e-4 (float16 rounding of another

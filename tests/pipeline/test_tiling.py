@@ -109,3 +109,14 @@ def test_images_smaller_than_the_padding_super_resolve_to_sf_times_their_size(pi
     out = super_resolve(pipe, lr, seed=0)
     assert out.shape == (1, 3, 4 * h, 4 * w)
     assert torch.isfinite(out).all() and out.min() >= 0 and out.max() <= 1
+
+
+def test_tile_canvas_refuses_tiles_out_of_order():
+    # overlapping pixels are float sums: a different order of additions gives other bits
+    from bimaco_deploy.pipeline.tiling import TileCanvas
+
+    tiles = plan_tiles(40, 40, 32, 24)
+    canvas = TileCanvas(1, 40, 40, 4)
+    canvas.add(tiles[0], torch.zeros(1, 3, 4 * tiles[0].height, 4 * tiles[0].width))
+    with pytest.raises(InputError, match="out of order"):
+        canvas.add(tiles[2], torch.zeros(1, 3, 4 * tiles[2].height, 4 * tiles[2].width))

@@ -15,6 +15,8 @@ Ground truth: ``bimaco_deploy.plugins.contract.binary_conv2d_reference`` /
 
 from __future__ import annotations
 
+import os
+
 import numpy as np
 import pytest
 import torch
@@ -23,11 +25,30 @@ from hypothesis import strategies as st
 
 from bimaco_deploy.plugins import contract, torch_ops
 
-pytestmark = pytest.mark.skipif(
-    not torch_ops.ops_available(),
-    reason=f"native bimaco ops not built: {torch_ops.unavailable_reason()} "
-    "(run `python -m bimaco_deploy.plugins.native build`)",
+# Set by .ci/run once .ci/install-cpu-deps has provided the host and AArch64 cross compilers
+# and qemu: every CPU kernel is then expected to run, and a test that would skip for lack of a
+# tool (or of the built native ops) fails instead, so a broken install cannot pass as a skip.
+REQUIRE_TOOLCHAIN = os.environ.get("BIMACO_REQUIRE_CPU_TOOLCHAIN") == "1"
+
+
+def _missing(reason: str) -> None:
+    """Skip for lack of a tool, or fail when CI promised it (BIMACO_REQUIRE_CPU_TOOLCHAIN=1)."""
+    if REQUIRE_TOOLCHAIN:
+        pytest.fail(f"{reason}; BIMACO_REQUIRE_CPU_TOOLCHAIN=1 expects it (.ci/install-cpu-deps)", pytrace=False)
+    pytest.skip(reason)
+
+
+_NOT_BUILT = (
+    f"native bimaco ops not built: {torch_ops.unavailable_reason()} "
+    "(run `python -m bimaco_deploy.plugins.native build`)"
 )
+# Under BIMACO_REQUIRE_CPU_TOOLCHAIN=1 nothing is skipped: test_native_ops_are_available fails.
+pytestmark = pytest.mark.skipif(not torch_ops.ops_available() and not REQUIRE_TOOLCHAIN, reason=_NOT_BUILT)
+
+
+def test_native_ops_are_available():
+    if not torch_ops.ops_available():
+        _missing(_NOT_BUILT)
 
 CHANNELS = [1, 5, 31, 32, 33, 63, 64, 65, 100, 130]
 ISAS = list(torch_ops.cpu_available_isas()) if torch_ops.ops_available() else []
@@ -336,7 +357,7 @@ def test_standalone_selftest_passes_on_this_cpu(tmp_path):
 
     cxx = shutil.which("g++") or shutil.which("c++")
     if cxx is None:
-        pytest.skip("no C++ compiler on PATH")
+        _missing("no C++ compiler on PATH")
     exe = tmp_path / "selftest"
     _compile_selftest(cxx, exe)
     proc = subprocess.run([str(exe)], capture_output=True, text=True, timeout=300)
@@ -352,10 +373,91 @@ def test_neon_kernel_passes_selftest_under_qemu(tmp_path):
 
     cxx, qemu = shutil.which("aarch64-linux-gnu-g++"), shutil.which("qemu-aarch64-static")
     if cxx is None or qemu is None:
-        pytest.skip("needs aarch64-linux-gnu-g++ and qemu-aarch64-static "
-                    "(apt-get install g++-aarch64-linux-gnu qemu-user-static)")
+        _missing("needs aarch64-linux-gnu-g++ and qemu-aarch64-static "
+                 "(`make system-deps`, or apt-get install g++-aarch64-linux-gnu qemu-user-static)")
     exe = tmp_path / "selftest_arm"
     _compile_selftest(cxx, exe, ["-static"])
     proc = subprocess.run([qemu, str(exe)], capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stdout[-3000:]
     assert "neon" in proc.stdout and "0 failures" in proc.stdout
+
+
+# --------------------------------------------------------------------------- ISA containment
+
+# x86 instruction classes a baseline x86-64 CPU may lack, by their encoding: EVEX (AVX-512)
+# starts with 0x62, VEX (AVX, AVX2, FMA) with 0xc4/0xc5 (after segment/address-size prefixes
+# at most); POPCNT by its mnemonic.
+_PREFIXES = {0x26, 0x2E, 0x36, 0x3E, 0x64, 0x65, 0x67}
+# the instruction classes each kernel file is built for (kernels_<isa>.cpp); others: none
+_OWN = {"avx512": {"evex", "vex", "popcnt"}, "avx2": {"vex", "popcnt"}, "popcnt": {"popcnt"}}
+
+
+def _insn_class(raw: str, mnemonic: str):
+    b = [int(x, 16) for x in raw.split()]
+    while b and b[0] in _PREFIXES:
+        b = b[1:]
+    if b and b[0] == 0x62:
+        return "evex"
+    if b and b[0] in (0xC4, 0xC5):
+        return "vex"
+    return "popcnt" if mnemonic.startswith("popcnt") else None
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("opt", ["-O0", "-O2", "-O3"])
+def test_isa_specific_code_stays_in_its_own_kernel(tmp_path, opt):
+    """No AVX-512 (or AVX2, or POPCNT) instruction outside the functions only their ISA runs.
+
+    Each kernels_<isa>.cpp is compiled with its own target flags. Any function of it that the
+    linker may share with other object files (an inline function or template instance with
+    external linkage: a weak symbol, one copy kept for all) must be plain x86-64, or a CPU
+    without that ISA could run it from the portable path. So the ISA's instructions may only
+    sit in that file's local functions and its own entry points (``*_avx2``, ...). At -O0
+    nothing is inlined, which is where such sharing shows (a debug build).
+    """
+    import platform
+    import re
+    import shutil
+    import subprocess
+
+    if platform.machine() not in ("x86_64", "AMD64"):
+        pytest.skip(f"checks x86-64 object code; this machine is {platform.machine()}")
+    cxx, nm, objdump = shutil.which("g++"), shutil.which("nm"), shutil.which("objdump")
+    if cxx is None or nm is None or objdump is None:
+        _missing("needs g++, nm and objdump (binutils) on PATH")
+    srcs = sorted((_SRC / "cpu").glob("kernels_*.cpp")) + [_SRC / "cpu" / "binary_ops_cpu.cpp"]
+    leaks, seen = [], set()
+    for src in srcs:
+        obj = tmp_path / f"{src.stem}.o"
+        cmd = [cxx, "-std=c++17", opt, "-fPIC", "-w", f"-I{_SRC / 'include'}", "-c", str(src), "-o", str(obj)]
+        proc = subprocess.run(cmd, capture_output=True, text=True)
+        assert proc.returncode == 0, proc.stderr[-3000:]
+        binding = {}
+        for line in subprocess.run([nm, "-C", str(obj)], capture_output=True, text=True, check=True).stdout.splitlines():
+            parts = line.split(" ", 2)
+            if len(parts) == 3:
+                binding[parts[2]] = parts[1]
+        dis = subprocess.run([objdump, "-d", "-C", "--insn-width=16", str(obj)], capture_output=True, text=True,
+                             check=True).stdout
+        isa = src.stem[len("kernels_"):] if src.stem.startswith("kernels_") else None
+        own = _OWN.get(isa, set())
+        found = {}
+        sym = None
+        for line in dis.splitlines():
+            m = re.match(r"^[0-9a-f]+ <(.*)>:$", line)
+            if m:
+                sym = m.group(1)
+                continue
+            m = re.match(r"^\s+[0-9a-f]+:\t((?:[0-9a-f]{2} )+)\s*\t(\S+)", line)
+            if m and sym:
+                k = _insn_class(m.group(1), m.group(2))
+                if k:
+                    found.setdefault(sym, set()).add(k)
+        for name, kinds in found.items():
+            seen |= kinds
+            b = binding.get(name, "?")
+            private = b in ("t", "b") or (b == "T" and name.split("(")[0].endswith(f"_{isa}"))
+            if not (private and kinds <= own):
+                leaks.append(f"{src.name}: {b} {name[:150]} uses {sorted(kinds)}")
+    assert not leaks, "\n".join(leaks)
+    assert {"evex", "vex", "popcnt"} <= seen, f"the check saw only {sorted(seen)}: is it still reading the code?"

@@ -158,3 +158,19 @@ def test_native_library_is_loaded_wherever_a_compiler_exists():
         pytest.skip("no C++ compiler: the pure-torch fallback is the expected path here")
     assert torch_ops.ops_available(), torch_ops.unavailable_reason()
     assert torch_ops.cpu_isa() in torch_ops.cpu_available_isas()
+
+
+def test_the_isa_environment_variable_forces_the_kernels_for_the_process(tmp_path):
+    """BIMACO_CPU_ISA runs the whole suite on another ISA from one machine; a bad value is an error."""
+    import subprocess
+    import sys
+
+    code = "from bimaco_deploy.plugins import torch_ops as t; print(t.ops_available(), t.cpu_isa())"
+    env = {**__import__("os").environ, "BIMACO_CPU_ISA": "scalar"}
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=120)
+    if "False" in out.stdout:
+        pytest.skip(f"native ops not built: {out.stdout}")
+    assert out.stdout.split() == ["True", "scalar"], out.stderr[-2000:]
+    env["BIMACO_CPU_ISA"] = "z80"
+    bad = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=120)
+    assert bad.returncode != 0 and "BIMACO_CPU_ISA='z80' is not available on this CPU; available: scalar" in bad.stderr

@@ -29,6 +29,7 @@ from typing import Any, Dict, List, Optional, Sequence, Tuple, Union
 from ...errors import ArtifactError, BackendUnavailable, BimacoError, ConfigError, InputError
 from ...export.artifacts import FLOAT_FILE, UNET_FILE
 from ...plugins import contract
+from ...reports import check_output, write_bytes_atomic
 
 PathLike = Union[str, Path]
 HW = Tuple[int, int]
@@ -298,7 +299,7 @@ def import_tensorrt() -> Any:
     except OSError as err:  # the bindings exist but libnvinfer does not load
         raise BackendUnavailable(f"TensorRT is installed but does not load ({err}). Reinstall {TENSORRT_INSTALL_HINT}.")
     if not hasattr(tensorrt, "Builder"):
-        # A directory named "tensorrt" on sys.path (e.g. tests/tensorrt) imports as an empty namespace package.
+        # A directory named "tensorrt" on sys.path (e.g. a test folder) imports as an empty namespace package.
         where = list(getattr(tensorrt, "__path__", []))
         raise BackendUnavailable(f"TensorRT is not installed ('import tensorrt' found only {where}). "
                                  f"Install {TENSORRT_INSTALL_HINT}.")
@@ -313,7 +314,7 @@ def load_plugin_library(trt: Any, registry: Any, explicit: Optional[PathLike] = 
         raise BackendUnavailable(
             f"the TensorRT plugin library was not found ({where}). Build it with "
             "`cmake -S plugins_cpp -B build/trt -DCMAKE_BUILD_TYPE=Release && cmake --build build/trt -j`, "
-            "or pass --plugin-lib / set $BIMACO_TRT_PLUGIN."
+            "or pass --plugin / set $BIMACO_TRT_PLUGIN."
         )
     have = [contract.CONV_OP, contract.LINEAR_OP]
     already = all(
@@ -351,20 +352,8 @@ def _parser_errors(parser: Any) -> List[str]:
 
 
 def _atomic_write(path: Path, data: bytes) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=str(path.parent))
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except OSError:
-            pass
-        raise
+    # one atomic writer for every output: temp file, fsync, the user's permissions, rename
+    write_bytes_atomic(path, data)
 
 
 def build_engine(
@@ -381,6 +370,7 @@ def build_engine(
     workspace_mib: Optional[int] = None,
     onnx_name: str = UNET_FILE,
     float_baseline: Optional[bool] = None,
+    force: bool = False,
 ) -> Dict[str, Any]:
     """Build ``out`` (a serialized TensorRT engine) from ``<artifacts_dir>/unet.onnx``.
 
@@ -390,10 +380,14 @@ def build_engine(
     ``unet_float.onnx`` (``export --float-baseline``; ``float_baseline`` None: if present,
     True: required, False: never), its engine is built the same way (same profile,
     precision and timing cache) beside ``out`` as ``<stem>_float<suffix>``: the baseline
-    ``bench --backend tensorrt`` runs. Returns a report dict.
+    ``bench --backend tensorrt`` runs. Every engine path follows the output rule
+    (:data:`~bimaco_deploy.reports.OUTPUT_RULE`: an existing engine is replaced only with ``force``),
+    checked before anything is built. Returns a report dict.
     """
     artifacts = Path(artifacts_dir)
     jobs = engine_jobs(artifacts, out, onnx_name=onnx_name, float_baseline=float_baseline)
+    for _, dst, _ in jobs:
+        check_output(dst, option="--out", kind="file", force=force)
     plans = [(src, dst, _plan_build(src, artifacts, min_hw, opt_hw, max_hw, batch, custom)) for src, dst, custom in jobs]
     reports = []
     for src, dst, (profile, onnx_dtype, multiple, custom) in plans:
@@ -470,6 +464,40 @@ def _plan_build(
     return profile, onnx_float_dtype(inputs), multiple, custom
 
 
+def attach_timing_cache(config: Any, path: Optional[Path]) -> Any:
+    """Load the timing cache at ``path`` (a fresh one when the file does not exist yet) and attach
+    it to the builder config, before the build starts; returns the cache, which must outlive it.
+
+    A file TensorRT cannot read (``create_timing_cache`` returns None) or one made on another
+    GPU or TensorRT version (``set_timing_cache(..., ignore_mismatch=False)`` returns False) is
+    an error naming the file, raised before minutes of building: replacing it would destroy
+    another device's cache, and reusing a mismatched one can give wrong timings.
+    """
+    blob = path.read_bytes() if path is not None and path.is_file() else b""
+    cache = config.create_timing_cache(blob)
+    if cache is None:
+        if blob:
+            raise ArtifactError(
+                f"{path}: not a TensorRT timing cache TensorRT can read (corrupt, or written by another "
+                "TensorRT version); delete it or pass another --timing-cache file"
+            )
+        raise BackendUnavailable("TensorRT could not create an empty timing cache")
+    if not config.set_timing_cache(cache, ignore_mismatch=False):
+        raise ArtifactError(
+            f"{path}: the timing cache was made on another GPU or TensorRT version and does not fit this "
+            "device; keep one cache per device and TensorRT version (pass another --timing-cache file)"
+        )
+    return cache
+
+
+def save_timing_cache(config: Any, path: Path) -> None:
+    """Write the builder's timing cache (what the build learned) atomically to ``path``."""
+    cache = config.get_timing_cache()
+    if cache is None:
+        raise BimacoError(f"TensorRT returned no timing cache to save to {path} (the engine was written)")
+    _atomic_write(path, bytes(cache.serialize()))
+
+
 def build_from_onnx(
     onnx_path: PathLike,
     out: PathLike,
@@ -526,9 +554,7 @@ def build_from_onnx(
     config.add_optimization_profile(prof)
 
     cache_path = Path(timing_cache) if timing_cache else None
-    cache_bytes = cache_path.read_bytes() if cache_path is not None and cache_path.is_file() else b""
-    cache = config.create_timing_cache(cache_bytes)
-    config.set_timing_cache(cache, ignore_mismatch=False)
+    cache = attach_timing_cache(config, cache_path)  # noqa: F841  (must outlive the build)
 
     t0 = time.perf_counter()
     serialized = builder.build_serialized_network(network, config)
@@ -538,7 +564,7 @@ def build_from_onnx(
     out_path = Path(out)
     _atomic_write(out_path, bytes(serialized))
     if cache_path is not None:
-        _atomic_write(cache_path, bytes(config.get_timing_cache().serialize()))
+        save_timing_cache(config, cache_path)
     return {
         "engine": str(out_path),
         "engine_bytes": out_path.stat().st_size,

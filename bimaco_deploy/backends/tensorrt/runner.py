@@ -12,14 +12,16 @@ Where TensorRT, cuda-python or a GPU is missing, construction raises
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import tempfile
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Tuple, Union
 
 import numpy as np
 
 from ...errors import ArtifactError, BackendUnavailable, InputError
-from ..base import Backend, UNetFn, register
+from ...export.artifacts import UNET_FILE
+from ..base import Backend, ParityRunner, UNetFn, register
 from . import builder as trt_builder
 
 PathLike = Union[str, Path]
@@ -60,6 +62,31 @@ class _Buffer:
     nbytes: int = 0
 
 
+class Bindings:
+    """What the execution context was last told, per tensor: a shape or an address is set again
+    only when it changed. Setting an input shape makes TensorRT call every plugin layer's
+    onShapeChange (177 of them in the UNet); the buffers only ever grow, so addresses rarely
+    change either, and repeated calls on one size then go straight to enqueue."""
+
+    def __init__(self) -> None:
+        self._last: Dict[Tuple[str, str], Any] = {}
+
+    def changed(self, kind: str, name: str, value: Any) -> bool:
+        """True (and remember ``value``) when ``value`` differs from the last one for (kind, name)."""
+        key = (kind, name)
+        if self._last.get(key, _UNSET) == value:
+            return False
+        self._last[key] = value
+        return True
+
+    def forget(self) -> None:
+        """After a failure the context's state is unknown: set everything again next time."""
+        self._last.clear()
+
+
+_UNSET = object()
+
+
 class TrtUNet:
     """A deserialized engine plus one execution context, callable as the UNet."""
 
@@ -94,6 +121,7 @@ class TrtUNet:
                 self.outputs.append(name)
         self._dtypes = {n: np.dtype(trt.nptype(self.engine.get_tensor_dtype(n))) for n in self.inputs + self.outputs}
         self._buffers: Dict[str, _Buffer] = {n: _Buffer() for n in self.inputs + self.outputs}
+        self._bindings = Bindings()
 
     # ------------------------------------------------------------------ buffers
     def _ensure(self, name: str, nbytes: int) -> int:
@@ -132,7 +160,10 @@ class TrtUNet:
         for name in self.inputs:
             arr = np.ascontiguousarray(feeds[name], dtype=self._dtypes[name])
             host_in[name] = arr
-            if not self.context.set_input_shape(name, tuple(arr.shape)):
+            if self._bindings.changed("shape", name, tuple(arr.shape)) and not self.context.set_input_shape(
+                name, tuple(arr.shape)
+            ):
+                self._bindings.forget()
                 raise InputError(
                     f"input '{name}' shape {tuple(arr.shape)} is outside the engine's optimization profile "
                     f"{self._profile(name)}; rebuild with a wider --min/--max"
@@ -144,14 +175,18 @@ class TrtUNet:
                 ),
                 f"copy of '{name}' to the device",
             )
-            self.context.set_tensor_address(name, ptr)
+            if self._bindings.changed("address", name, ptr):
+                self.context.set_tensor_address(name, ptr)
         host_out = {}
         for name in self.outputs:
             shape = tuple(self.context.get_tensor_shape(name))
             out = np.empty(shape, dtype=self._dtypes[name])
             host_out[name] = out
-            self.context.set_tensor_address(name, self._ensure(name, out.nbytes))
+            ptr = self._ensure(name, out.nbytes)
+            if self._bindings.changed("address", name, ptr):
+                self.context.set_tensor_address(name, ptr)
         if not self.context.execute_async_v3(self._stream):
+            self._bindings.forget()
             raise BackendUnavailable("TensorRT execute_async_v3 failed; see the TensorRT log above")
         for name, out in host_out.items():
             _check(
@@ -197,6 +232,8 @@ class TensorRTBackend(Backend):
 
     name = "tensorrt"
     description = "a TensorRT engine with the bimaco plugin (needs --engine)"
+    uses = frozenset({"engine", "plugin_lib", "artifacts"})
+    unused_because = {**Backend.unused_because, "ckpt": "the UNet comes from --engine: its weights were fixed at export"}
 
     def _engine(self) -> Path:
         if self.spec.engine is None:
@@ -231,12 +268,129 @@ class TensorRTBackend(Backend):
         from ..onnxruntime import OnnxRuntimeBackend
         from .vq import TrtVQ, vq_engine_paths
 
+        asked = precision
         precision = resolve_precision(precision, "cuda")
         self.check_vq_precision(precision)
         if all(p.is_file() for p in vq_engine_paths(self._engine(), precision)):
             return TrtVQ(self._engine(), precision, TrtUNet, plugin_lib=self.spec.plugin_lib)
+        # no engines: the ONNX Runtime autoencoder on the CPU, at the CPU default unless one was asked for
         warnings.warn(f"no {precision} VQ engines beside {self._engine()} (`bimaco-deploy build --vq-precision "
                       f"{precision}`): the autoencoder runs in ONNX Runtime on the CPU", stacklevel=2)
-        from dataclasses import replace
+        cpu_spec = replace(self.spec, engine=None, plugin_lib=None, device="cpu")
+        return OnnxRuntimeBackend(cpu_spec).autoencoder(vq_ckpt, asked, graphs=graphs)
+
+    def describe_unet(self) -> str:
+        return f"engine {self._engine()}"
+
+    def random_weights(self) -> bool:
+        return False  # an engine does not say; its export report does
+
+    def parity_runner(self) -> ParityRunner:
+        if self.spec.engine is not None:
+            raise InputError(f"--engine {self.spec.engine} is not used by check --backend tensorrt (it builds its "
+                             "own engines from --artifacts unet.onnx: one per binary layer, and one that exposes "
+                             "every layer's input); drop it")
+        if self.spec.artifacts is None:
+            raise ArtifactError("check --backend tensorrt needs --artifacts DIR (holding unet.onnx)")
+        return TrtParityRunner(self.spec.artifacts, plugin_lib=self.spec.plugin_lib)
+
+
+def layer_graph(model: Any, row: Dict[str, Any], shape: Tuple[int, ...], float_dtype: np.dtype) -> Any:
+    """One binary layer of ``model`` (an exported unet.onnx) as a graph of its own, its input given the
+    concrete ``shape`` (TensorRT needs every input's rank): exactly the nodes and initializers the
+    artifact holds between the layer's input and output tensors."""
+    import onnx
+    from onnx import helper
+
+    from ..onnxruntime import cut_subgraph
+
+    sub = cut_subgraph(model, row["input"], row["output"])
+    elem = onnx.TensorProto.FLOAT16 if np.dtype(float_dtype) == np.float16 else onnx.TensorProto.FLOAT
+    sub.graph.input[0].CopyFrom(helper.make_tensor_value_info(row["input"], elem, list(shape)))
+    return sub
+
+
+def exposed_unet_graph(model: Any, table: List[Dict[str, Any]], float_dtype: np.dtype) -> Any:
+    """``model`` with the input tensor of every binary layer marked as a graph output too."""
+    import onnx
+
+    m = onnx.ModelProto()
+    m.CopyFrom(model)
+    have = {o.name for o in m.graph.output}
+    elem = onnx.TensorProto.FLOAT16 if np.dtype(float_dtype) == np.float16 else onnx.TensorProto.FLOAT
+    for row in table:
+        if row["input"] not in have:
+            m.graph.output.append(onnx.helper.make_tensor_value_info(row["input"], elem, None))
+            have.add(row["input"])
+    return m
+
+
+class TrtParityRunner(ParityRunner):
+    """TensorRT for ``check``, on engines built from the export's ``unet.onnx`` (the bimaco plugin):
+    level 1 runs each binary layer as an engine of its own, cut out of the graph exactly as the
+    artifact holds it; levels 2 and 3 run the whole UNet with every binary layer's input marked
+    as an output (so flips can be found). Engines are built for the shapes they are fed (one
+    profile each) and kept for the run in a temporary folder."""
+
+    def __init__(self, artifacts: PathLike, *, plugin_lib: Optional[PathLike] = None):
+        import onnx
+
+        from ..onnxruntime import binary_layer_table
+
+        trt = trt_builder.import_tensorrt()  # fails here, naming what to install, on machines without it
+        import_cudart()
+        path = Path(artifacts)
+        path = path / UNET_FILE if path.is_dir() else path
+        if not path.is_file():
+            raise ArtifactError(f"{path}: not found (run `bimaco-deploy export` first)")
+        self.path = path
+        self.plugin_lib = plugin_lib
+        self._model = onnx.load(str(path))
+        self.metadata = {p.key: p.value for p in self._model.metadata_props}
+        if self.metadata.get("graph_form") not in (None, "custom"):
+            raise ArtifactError(f"{path}: holds no bimaco nodes; TensorRT checks run on unet.onnx")
+        self.source = str(path)
+        self.table = binary_layer_table(self.metadata)
+        self.layer_names = [row["name"] for row in self.table]
+        self.layer_ranks = {row["name"]: int(row["rank"]) for row in self.table}
+        self.float_dtype = np.dtype(self.metadata.get("float_dtype", "float32"))
+        self.description = f"tensorrt {getattr(trt, '__version__', '?')}: engines built from {path}"
+        self._tmp = tempfile.TemporaryDirectory(prefix="bimaco-trt-check-")
+        self._engines: Dict[Any, TrtUNet] = {}
+
+    def _engine(self, key: Any, model: Any, shapes: Dict[str, Tuple[int, ...]]) -> TrtUNet:
+        import onnx
+
+        if key not in self._engines:
+            base = Path(self._tmp.name) / f"g{len(self._engines)}"
+            onnx.save(model, str(base.with_suffix(".onnx")))
+            profile = {n: trt_builder.ShapeRange(tuple(s), tuple(s), tuple(s)) for n, s in shapes.items()}
+            trt_builder.build_from_onnx(base.with_suffix(".onnx"), base.with_suffix(".plan"), profile,
+                                        onnx_dtype=str(self.float_dtype), plugin_lib=self.plugin_lib)
+            self._engines[key] = TrtUNet(base.with_suffix(".plan"), plugin_lib=self.plugin_lib)
+        return self._engines[key]
+
+    def run_layer(self, name: str, x: np.ndarray) -> np.ndarray:
+        row = next((r for r in self.table if r["name"] == name), None)
+        if row is None:
+            raise ArtifactError(f"layer '{name}' is not in the artifact's binary layer table")
+        sub = layer_graph(self._model, row, x.shape, self.float_dtype)
+        engine = self._engine(("layer", name, x.shape), sub, {row["input"]: x.shape})
+        return engine.run({row["input"]: x.astype(self.float_dtype)})[row["output"]]
+
+    def run_unet(self, x: np.ndarray, t: np.ndarray, lq: np.ndarray) -> Tuple[np.ndarray, Dict[str, np.ndarray]]:
+        key = ("unet", x.shape, t.shape, lq.shape)
+        if key not in self._engines:
+            model = exposed_unet_graph(self._model, self.table, self.float_dtype)
+            self._engine(key, model, {"x": x.shape, "timesteps": t.shape, "lq": lq.shape})
+        outs = self._engines[key].run({"x": x, "timesteps": t, "lq": lq})
+        return outs["out"].astype(np.float32), {row["name"]: outs[row["input"]] for row in self.table}
+
+    def close(self) -> None:
+        """Free the engines and remove their folder."""
+        for e in self._engines.values():
+            e.close()
+        self._engines.clear()
+        self._tmp.cleanup()
 
         return OnnxRuntimeBackend(replace(self.spec, device="cpu")).autoencoder(vq_ckpt, precision, graphs=graphs)

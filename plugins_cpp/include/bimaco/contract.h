@@ -15,6 +15,22 @@ constexpr const char* kPluginNamespace = "bimaco";
 constexpr const char* kConvOpName = "BinaryConv2d";
 constexpr const char* kLinearOpName = "BinaryLinear";
 
+// Fused side branches (contract.py, "Fused side branches"): attributes, all 0 by default.
+// Nonzero ones add inputs after bias (and Wzero), in this order: rprelu [3][O];
+// smb_rowptr int32 [ceil((O+1)/2)] and smb_col int32 [ceil(nnz/2)] (16-bit row starts and
+// column indices, two per word, entry 2j in the low half of word j: on the little-endian
+// GPU, uint16 arrays), smb_val [nnz]; lr_down [r][C], lr_up [O][r]. Float side inputs
+// have X's dtype.
+//   conv:   Y = ((RPReLU(core) + SMB(X)) + LRMB(X)),  RPReLU(v) = P(v + b0) + b1
+//   linear: Y = ((core + LRMB(X)) + SMB(X))
+constexpr const char* kAttrRprelu = "rprelu";
+constexpr const char* kAttrSmb = "smb";
+constexpr const char* kAttrLrmbRank = "lrmb_rank";
+constexpr int kHalfBits = 16;
+constexpr int kSmbMaxChannels = 1 << 15;
+constexpr int kSmbMaxEntries = (1 << 15) - 1;  // per node: its row starts are 16-bit too
+constexpr int kMaxLrmbRank = 64;
+
 // Bit i of word j stands for input channel 32*j + i; a set bit means negative.
 inline constexpr int num_words(int channels) { return (channels + kWordBits - 1) / kWordBits; }
 

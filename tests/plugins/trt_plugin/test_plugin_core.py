@@ -69,6 +69,20 @@ def test_plugin_fields_follow_the_contract(core_tests):
     assert fields["BinaryConv2d"][1] == {"name": "kernel_shape", "length": 2}
 
 
+def test_plugin_input_layout_follows_the_contract(core_tests):
+    """Where Wzero and each side-branch input sit, for every attribute combination, is the
+    contract's (contract.OpSpec.layout): the plugin reads the inputs the exporter writes."""
+    r = subprocess.run([str(core_tests), "--dump-layouts"], capture_output=True, text=True, check=True)
+    rows = json.loads(r.stdout)
+    assert len(rows) == 2 * 2 * 2 * 2 + 2 * 2 * 2  # conv: rprelu x smb x rank x Wzero; linear: no rprelu
+    for row in rows:
+        spec = contract.OPS[row["op"]]
+        attrs = {a: row[a] for a in spec.side}
+        want = spec.layout(attrs, row["n"])
+        got = {name: pos for name, pos in row["positions"].items() if pos >= 0}
+        assert got == {k: v for k, v in want.items() if k not in spec.inputs}, row
+
+
 def test_cmake_lists_every_core_source():
     """A new file in plugins_cpp/core/ must be added to bimaco_core in CMakeLists.txt."""
     text = (PLUGINS_CPP / "CMakeLists.txt").read_text()

@@ -1,5 +1,8 @@
 """The TensorRT plugin sources compile against real TensorRT headers with -Wall -Wextra -Werror.
 
+Also holds the two plugin libraries to their loaders (see plugins_cpp/core/registration.h):
+symbols of the registration objects say which one can touch the global registry.
+
 Runs where TensorRT headers exist: an installed TensorRT (JetPack / Debian packages,
 $TENSORRT_ROOT), or header sets named in $TENSORRT_INCLUDE_DIR (several allowed,
 separated by ':', e.g. the public headers of TensorRT 10.3 and 11.1). Elsewhere it skips
@@ -64,13 +67,33 @@ def test_plugin_compiles_against_tensorrt_headers(include: Path, toolchain, tmp_
         r = subprocess.run([cxx, *_compile_flags(include, cuda_inc), "-c", str(src), "-o", str(obj)],
                            capture_output=True, text=True)
         assert r.returncode == 0, f"{src.name} against TensorRT {_version(include)}:\n{r.stderr[-4000:]}"
-    # only the two loader entry points leave the library; everything else is hidden
-    nm = shutil.which("nm")
-    if nm:
-        out = subprocess.run([nm, "-g", "--defined-only", str(tmp_path / "registration.o")],
-                             capture_output=True, text=True, check=True).stdout
-        exported = {line.split()[-1] for line in out.splitlines() if " T " in line}
-        assert {"getCreators", "setLoggerFinder"} <= exported
+    if shutil.which("nm"):
+        _check_registration_objects(tmp_path)
+
+
+def _symbols(obj: Path, *flags: str) -> set:
+    out = subprocess.run(["nm", *flags, str(obj)], capture_output=True, text=True, check=True).stdout
+    return {line.split()[-1] for line in out.splitlines() if line.strip()}
+
+
+def _check_registration_objects(objdir: Path) -> None:
+    """Each library serves one loader (plugins_cpp/core/registration.h), by construction:
+
+    * the loadLibrary library's registration object exports getCreators and setLoggerFinder
+      and never references getPluginRegistry: nothing in it can register or deregister
+      anything in the global registry, whoever loads it;
+    * the dlopen library's registration object references getPluginRegistry (its
+      constructor registers) and defines no getCreators, so loadLibrary cannot take it.
+    """
+    dynamic, static = objdir / "registration_dynamic.o", objdir / "registration_static.o"
+    defined_dyn = _symbols(dynamic, "-g", "--defined-only")
+    assert {"getCreators", "setLoggerFinder"} <= defined_dyn
+    assert "getPluginRegistry" not in _symbols(dynamic, "-u")
+    assert "getPluginRegistry" in _symbols(static, "-u")
+    assert "getCreators" not in _symbols(static, "-g", "--defined-only")
+    # the other translation units stay out of the registry business altogether
+    for other in ("binary_plugin.o", "creators.o", "logging.o"):
+        assert "getPluginRegistry" not in _symbols(objdir / other, "-u"), other
 
 
 @pytest.mark.slow
@@ -85,28 +108,35 @@ def test_plugin_links_except_libnvinfer(toolchain, tmp_path):
     subprocess.run(["cmake", "-S", str(PLUGINS_CPP), "-B", str(build), f"-DTENSORRT_INCLUDE_DIR={include}",
                     "-DTENSORRT_LIBRARY=TENSORRT_LIBRARY-NOTFOUND", "-DCMAKE_CUDA_ARCHITECTURES=87"],
                    check=True, capture_output=True, text=True)
-    r = subprocess.run(["cmake", "--build", str(build), "-j2", "--target", "bimaco_trt_plugin_objects",
-                        "bimaco_cuda_kernels", "bimaco_core"], capture_output=True, text=True)
+    targets = ["bimaco_trt_plugin_objects", "bimaco_trt_registration_dynamic", "bimaco_trt_registration_static",
+               "bimaco_cuda_kernels", "bimaco_core"]
+    r = subprocess.run(["cmake", "--build", str(build), "-j2", "--target", *targets], capture_output=True, text=True)
     assert r.returncode == 0, r.stdout[-4000:] + r.stderr[-4000:]
     objects = sorted(str(p) for p in build.rglob("bimaco_trt_plugin_objects.dir/**/*.o"))
     assert len(objects) == 3, objects
     cuda_lib = cuda_include_dir().parent / "lib64"
-    so = tmp_path / "libprobe.so"
     cxx = toolchain[0]
-    # the link line of bimaco_trt_plugin in CMakeLists.txt, less libnvinfer and --no-undefined
-    subprocess.run([cxx, "-shared", "-o", str(so), *objects, str(build / "libbimaco_cuda_kernels.a"),
-                    str(build / "libbimaco_core.a"), f"-L{cuda_lib}", "-lcudart", "-Wl,--exclude-libs,ALL"],
-                   check=True)
-    exported = subprocess.run(["nm", "-D", "--defined-only", str(so)], capture_output=True, text=True,
-                              check=True).stdout
-    names = {line.split()[-1] for line in exported.splitlines() if line.split()[-2] in ("T", "W", "B", "D", "V")}
-    assert {"getCreators", "setLoggerFinder"} <= names
-    leaked = {n for n in names if "bimaco" in n}
-    assert not leaked, f"kernel/core symbols exported from the plugin: {sorted(leaked)[:5]}"
-    out = subprocess.run(["nm", "-u", "-D", str(so)], capture_output=True, text=True, check=True).stdout
-    undefined = {line.split()[-1] for line in out.splitlines()}
-    ours = {u for u in undefined if "bimaco" in u}
-    assert not ours, f"kernel API symbols unresolved: {ours}"
-    # C++ runtime (_Z..., _ITM_..., __cxa...), libc/libcudart (versioned "@"), CUDA runtime (cuda*)
-    trt_symbols = {u for u in undefined if not (u.startswith("_") or u.startswith("cuda") or "@" in u)}
-    assert trt_symbols <= {"getPluginRegistry", "getLogger"}, trt_symbols
+    for kind, entry_points, registry_use in (("dynamic", {"getCreators", "setLoggerFinder"}, {"getLogger"}),
+                                             ("static", set(), {"getPluginRegistry", "getLogger"})):
+        reg = [str(p) for p in build.rglob(f"bimaco_trt_registration_{kind}.dir/**/*.o")]
+        assert len(reg) == 1, reg
+        so = tmp_path / f"libprobe_{kind}.so"
+        # the link line of the plugin libraries in CMakeLists.txt, less libnvinfer and --no-undefined
+        subprocess.run([cxx, "-shared", "-o", str(so), *objects, *reg, str(build / "libbimaco_cuda_kernels.a"),
+                        str(build / "libbimaco_core.a"), f"-L{cuda_lib}", "-lcudart", "-Wl,--exclude-libs,ALL"],
+                       check=True)
+        exported = subprocess.run(["nm", "-D", "--defined-only", str(so)], capture_output=True, text=True,
+                                  check=True).stdout
+        names = {line.split()[-1] for line in exported.splitlines()
+                 if line.split()[-2] in ("T", "W", "B", "D", "V")}
+        assert entry_points <= names, kind
+        assert "getCreators" in names if kind == "dynamic" else "getCreators" not in names
+        leaked = {n for n in names if "bimaco" in n}
+        assert not leaked, f"kernel/core symbols exported from the {kind} plugin: {sorted(leaked)[:5]}"
+        out = subprocess.run(["nm", "-u", "-D", str(so)], capture_output=True, text=True, check=True).stdout
+        undefined = {line.split()[-1] for line in out.splitlines()}
+        ours = {u for u in undefined if "bimaco" in u}
+        assert not ours, f"kernel API symbols unresolved: {ours}"
+        # C++ runtime (_Z..., _ITM_..., __cxa...), libc/libcudart (versioned "@"), CUDA runtime (cuda*)
+        trt_symbols = {u for u in undefined if not (u.startswith("_") or u.startswith("cuda") or "@" in u)}
+        assert trt_symbols == registry_use, (kind, trt_symbols)

@@ -6,7 +6,7 @@ bundles, on 127.0.0.1. Clients send LR images to `bimacosr_tiled` over HTTP (tri
 1 client, then C concurrent clients, each request timed from send to SR received. The local
 baseline is `infer --backend torch`'s pipeline in this process, image after image (what
 `infer` does for a folder), on the same images, seeds and settings. Both sides use the
-autoencoder in float32 (`--vq-dtype float32`: torch's float16 convolutions are 10-30x slower
+autoencoder in float32 (`--vq-precision fp32`: torch's float16 convolutions are 10-30x slower
 on CPU). Server start-up and each side's first (warm-up) image are not timed.
 
     python benchmarks/bench_serve.py --config bimacosr-tiny [--size 64] [--requests 6] [--clients 1 4]
@@ -111,7 +111,7 @@ def main() -> None:
         "config": str(cfg.source), "lr_size": args.size, "vq_dtype": "float32", "weights": args.ckpt or "random (seed 0)",
     }
 
-    # local infer: the pipeline `infer --backend torch --vq-dtype float32` runs, image after image;
+    # local infer: the pipeline `infer --backend torch --vq-precision fp32` runs, image after image;
     # timed before and after the server (other load on the machine drifts; both are reported)
     spec = BackendSpec("torch", cfg, ckpt=args.ckpt, seed=0)
     t0 = time.perf_counter()

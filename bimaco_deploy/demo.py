@@ -34,8 +34,6 @@ def _tiny_weights() -> Tuple[str, Optional[Path], Optional[Path]]:
 
 def run(out: Path = REPO / "out" / "demo") -> int:
     """Run the demo; returns a process exit code."""
-    import torch
-
     from .export.exporter import export
     from .models import load_config
     from .models.inventory import inventory, render_inventory
@@ -62,7 +60,7 @@ def run(out: Path = REPO / "out" / "demo") -> int:
 
     console.rule("4. super-resolve the calibration photographs with the packed 1-bit torch backend")
     spec = BackendSpec("torch", load_config(config), ckpt=ckpt, seed=0)
-    pipe = make_pipeline(spec, vq_ckpt, vq_dtype=torch.float32)  # float16 convolutions are slow on CPU
+    pipe = make_pipeline(spec, vq_ckpt, vq_precision="fp32")
     result = infer(pipe, REPO / "calib" / "images", out / "sr", seed=0, force=True)  # the demo's own folder
     for item in result.items:
         console.print(f"  {item.input.name} -> {item.output}  ({item.seconds:.2f} s)")

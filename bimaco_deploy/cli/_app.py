@@ -226,3 +226,20 @@ VQ_PRECISION_HELP = ("Autoencoder precision: fp32 | fp16 | bf16 | int8 (default:
                      "int8: QDQ graphs calibrated on --calib (made and cached on first use); bf16: CPUs with native "
                      "bfloat16 (AVX512_BF16, AMX, ARM BF16).")
 CALIB_HELP = "Calibration images for --vq-precision int8 (default: calib/calibration)."
+
+
+def serving_vq_dtype(vq_precision: Optional[str], vq_dtype: Optional[str]) -> Optional[str]:
+    """The serving stages' autoencoder dtype (float16 | float32 | None: the device default) from
+    ``--vq-precision`` (fp32 | fp16), or the deprecated ``--vq-dtype`` (float32 | float16 | config)."""
+    if vq_dtype is not None:
+        if vq_precision is not None or vq_dtype not in ("float32", "float16", "config"):
+            raise InputError(f"--vq-dtype is deprecated (float32 | float16); use --vq-precision fp32|fp16 (got {vq_dtype!r})")
+        warn("--vq-dtype is deprecated; use --vq-precision")
+        return None if vq_dtype == "config" else vq_dtype
+    if vq_precision is None:
+        return None
+    words = {"fp32": "float32", "fp16": "float16"}
+    if vq_precision not in words:
+        raise InputError(f"--vq-precision {vq_precision!r}: the served torch autoencoder runs fp32 or fp16 "
+                         "(int8 and bf16: run `infer` locally)")
+    return words[vq_precision]

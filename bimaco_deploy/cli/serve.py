@@ -7,7 +7,7 @@ from typing import Optional
 
 import typer
 
-from ._app import command, outputs
+from ._app import serving_vq_dtype, command, outputs
 
 
 @command()
@@ -22,7 +22,8 @@ def serve(
     http_port: int = typer.Option(8000, "--http-port", help="HTTP port."),
     grpc_port: int = typer.Option(8001, "--grpc-port", help="gRPC port."),
     seed: int = typer.Option(0, "--seed", help="Random-init seed (without checkpoints)."),
-    vq_dtype: str = typer.Option("config", "--vq-dtype", help="config | float16 | float32 (float16 is slow on CPU)."),
+    vq_precision: Optional[str] = typer.Option(None, "--vq-precision", help="Torch autoencoder: fp32 (the CPU default) | fp16 (slow on CPU)."),
+    vq_dtype: Optional[str] = typer.Option(None, "--vq-dtype", hidden=True, help="Deprecated: float32 | float16; use --vq-precision."),
     max_batch: int = typer.Option(4, "--max-batch", help="Dynamic batching: requests per batch."),
     instances: int = typer.Option(1, "--instances", help="Instances of each model."),
     tile: int = typer.Option(256, "--tile", help="LR tile size (as infer --tile)."),
@@ -35,7 +36,7 @@ def serve(
 
     outputs((log, dict(option="--log", kind="file", force=force)))
     code = run_serve(repository=repository, config=config, ckpt=ckpt, vq_ckpt=vq_ckpt, backend=backend,
-                     artifacts=artifacts, seed=seed, vq_dtype=None if vq_dtype == "config" else vq_dtype,
+                     artifacts=artifacts, seed=seed, vq_dtype=serving_vq_dtype(vq_precision, vq_dtype),
                      host=host, http_port=http_port, grpc_port=grpc_port, max_batch=max_batch,
                      instances=instances, tile=tile, max_size=max_size, log_path=log, echo=typer.echo)
     if code:

@@ -7,7 +7,7 @@ from typing import Optional
 
 import typer
 
-from ._app import command, outputs
+from ._app import serving_vq_dtype, command, outputs
 
 
 @command(name="triton-repo")
@@ -22,7 +22,8 @@ def triton_repo(
     ckpt: Optional[Path] = typer.Option(None, "--ckpt", help="UNet checkpoint (python/torch); none: seeded random weights."),
     vq_ckpt: Optional[Path] = typer.Option(None, "--vq-ckpt", help="VQ checkpoint (python/torch); none: random weights."),
     seed: int = typer.Option(0, "--seed", help="Random-init seed (python/torch without checkpoints)."),
-    vq_dtype: str = typer.Option("config", "--vq-dtype", help="python/torch: config | float16 | float32 (float16 is slow on CPU)."),
+    vq_precision: Optional[str] = typer.Option(None, "--vq-precision", help="Torch autoencoder: fp32 (the CPU default) | fp16 (slow on CPU)."),
+    vq_dtype: Optional[str] = typer.Option(None, "--vq-dtype", hidden=True, help="Deprecated: float32 | float16; use --vq-precision."),
     max_batch: int = typer.Option(4, "--max-batch", help="max_batch_size of every model (dynamic batching)."),
     instances: int = typer.Option(1, "--instances", help="Instances of each model (instance groups)."),
     device: str = typer.Option("gpu", "--device", help="onnxruntime: gpu (CUDA instance groups) | cpu."),
@@ -36,7 +37,7 @@ def triton_repo(
     outputs((out, dict(option="--out", kind="dir", force=force)))
     result = write_repository(
         out, backend=backend, artifacts=artifacts, engines=engines, plugin_lib=plugin, config=config,
-        runtime=runtime, ckpt=ckpt, vq_ckpt=vq_ckpt, seed=seed, vq_dtype=None if vq_dtype == "config" else vq_dtype,
+        runtime=runtime, ckpt=ckpt, vq_ckpt=vq_ckpt, seed=seed, vq_dtype=serving_vq_dtype(vq_precision, vq_dtype),
         max_batch=max_batch, instances=instances, device=device, tile=tile, max_size=max_size, force=force,
     )
     typer.echo(f"wrote {result.path} ({result.backend}): {', '.join(result.models)}")

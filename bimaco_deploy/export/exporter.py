@@ -44,7 +44,6 @@ from .portable import to_portable
 from .provenance import weights_metadata
 from .report import build_report, render_report
 from .unet_graph import build_unet_graph
-from .vq import build_vq_graphs
 
 PathLike = Union[str, Path]
 

@@ -360,8 +360,8 @@ def write_repository(
     ``backend`` tensorrt needs ``artifacts`` (the ONNX graphs the engines were built from) and
     ``engines``; onnxruntime needs ``artifacts``; python needs ``config`` (+ ``ckpt``,
     ``vq_ckpt``; None: seeded random weights) for ``runtime`` torch, or ``artifacts`` for
-    ``runtime`` onnxruntime. ``vq_dtype`` (float16 | float32; None: the config's) is the
-    torch autoencoder's dtype, as ``infer --vq-dtype``. ``tile``/``stride``: the tiling of
+    ``runtime`` onnxruntime. ``vq_dtype`` (float16 | float32; None: the device
+    default, float32 on a CPU) is the torch autoencoder's precision, as ``infer --vq-precision``. ``tile``/``stride``: the tiling of
     ``bimacosr_tiled``, whose images may be up to ``max_size`` LR pixels on a side; the
     ensemble takes one tile (at most ``tile`` on a side). ``link_files`` False refers to
     checkpoints and graphs by absolute path instead of placing them in the repository
@@ -398,8 +398,7 @@ def write_repository(
     net_files: Dict[str, Dict[str, Path]] = {name: {} for name in N.NETWORKS}
     if backend == "python":
         if runtime == "torch":
-            dtype = vq_dtype or ("float16" if cfg.autoencoder.use_fp16 else "float32")
-            nets = python_network_io(dtype)
+            nets = python_network_io("float32")  # the autoencoder takes and gives float32 at any precision
             if ckpt is not None:
                 net_files[N.UNET]["unet_ckpt"] = Path(ckpt)
             if vq_ckpt is not None:

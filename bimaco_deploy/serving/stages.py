@@ -238,7 +238,8 @@ class _Network(Stage):
         vq_dtype = params.get("vq_dtype")
         if vq_dtype and vq_dtype not in _DTYPES:
             raise ConfigError(f"{self.name}: parameter vq_dtype must be float16 or float32, got {vq_dtype!r}")
-        self.vq_dtype = _DTYPES[vq_dtype] if vq_dtype else None
+        # the torch autoencoder's precision (None: the device default, fp32 on a CPU)
+        self.vq_precision = {"float16": "fp16", "float32": "fp32"}[vq_dtype] if vq_dtype else None
 
     def spec(self, **kw: Any) -> BackendSpec:
         return BackendSpec(self.runtime, self.config, seed=self.seed, device="cpu", **kw)
@@ -249,8 +250,8 @@ class _Network(Stage):
         if self.runtime == "onnxruntime":
             vq = make_backend(self.spec(artifacts=self.path("artifacts").parent)).autoencoder(None)
             return OneStepSR(None, vq, self.config, pad_multiple=self.pad_multiple)  # type: ignore[arg-type]
-        vq = make_backend(self.spec()).autoencoder(self.optional_path("vq_ckpt"))
-        return OneStepSR(None, vq, self.config, vq_dtype=self.vq_dtype, pad_multiple=self.pad_multiple)  # type: ignore[arg-type]
+        vq = make_backend(self.spec()).autoencoder(self.optional_path("vq_ckpt"), self.vq_precision)
+        return OneStepSR(None, vq, self.config, pad_multiple=self.pad_multiple)  # type: ignore[arg-type]
 
 
 class VQEncoder(_Network):

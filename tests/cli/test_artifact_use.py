@@ -126,11 +126,11 @@ def test_without_config_the_artifacts_config_is_used_and_said(arts, tmp_path):
 
 def test_random_weights_are_warned_about_and_the_torch_autoencoder_named(arts, tmp_path):
     r = _invoke(["infer", arts / "lr.png", tmp_path / "sr.png", "--config", need("config.yaml"), "--backend", "torch",
-                 "--vq-dtype", "float32"])
+                 "--vq-precision", "fp32"])
     assert r.exit_code == 0, r.output
     assert "warning: the UNet runs on seeded random weights" in r.output
     assert "warning: the autoencoder runs on seeded random weights (no --vq-ckpt)" in r.output
-    assert "autoencoder: torch VQ autoencoder, seeded random weights (seed 0)" in r.output
+    assert "autoencoder: torch VQ autoencoder (fp32), seeded random weights (seed 0)" in r.output
 
 
 @pytest.mark.parametrize("device,expected", [

@@ -35,7 +35,7 @@ def tiny_artifacts(tiny_dir, tmp_path_factory):
 def test_infer_runs_on_every_cpu_backend(backend, tiny_dir, tiny_artifacts, lr_image, tmp_path):
     out = tmp_path / "sr.png"
     args = ["infer", str(lr_image), str(out), "--config", str(tiny_dir / "config.yaml"),
-            "--vq-ckpt", str(tiny_dir / "vqgan.pth"), "--backend", backend, "--vq-dtype", "float32"]
+            "--vq-ckpt", str(tiny_dir / "vqgan.pth"), "--backend", backend, "--vq-precision", "fp32"]
     # the torch backends build the UNet from the checkpoint; onnxruntime's comes from the artifacts
     args += ["--artifacts", str(tiny_artifacts)] if backend == "onnxruntime" else \
         ["--ckpt", str(tiny_dir / "bimacosr_tiny.pth")]

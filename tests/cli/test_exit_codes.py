@@ -94,7 +94,7 @@ def test_ctrl_c_says_how_many_images_were_done(lr_folder, tmp_path):
     out = tmp_path / "sr"
     args = [sys.executable, "-m", "bimaco_deploy.cli", "infer", str(lr_folder), str(out), "--config",
             str(need("config.yaml")), "--ckpt", str(need("bimacosr_tiny.pth")), "--vq-ckpt", str(need("vqgan.pth")),
-            "--vq-dtype", "float32"]
+            "--vq-precision", "fp32"]
     proc = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=_env(),
                             preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     first = proc.stdout.readline()  # printed as soon as the first image is written
@@ -123,7 +123,7 @@ def test_a_large_image_under_a_memory_limit_is_told_to_use_a_smaller_tile(tmp_pa
         "main(sys.argv[1:])\n"
     )
     proc = subprocess.run([sys.executable, "-c", code, "infer", str(big), str(out), "--config", str(need("config.yaml")),
-                           "--vq-dtype", "float32"], capture_output=True, text=True, env=_env(), timeout=300)
+                           "--vq-precision", "fp32"], capture_output=True, text=True, env=_env(), timeout=300)
     assert proc.returncode == 2, proc.stderr
     last = proc.stderr.strip().splitlines()[-1]
     assert last.startswith(f"error: {big}: out of memory super-resolving this 200x200 image"), last

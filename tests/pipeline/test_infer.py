@@ -103,7 +103,7 @@ def test_cli_infer_writes_the_image(tmp_path):
     from bimaco_deploy.cli import app
 
     img = _write(tmp_path / "lr.png", 8, 12, 3)
-    args = ["infer", str(img), str(tmp_path / "sr.png"), "--config", "bimacosr-tiny", "--vq-dtype", "float32"]
+    args = ["infer", str(img), str(tmp_path / "sr.png"), "--config", "bimacosr-tiny", "--vq-precision", "fp32"]
     result = CliRunner().invoke(app, args)
     assert result.exit_code == 0, result.output
     assert read_image_uint8(tmp_path / "sr.png").shape == (32, 48, 3)

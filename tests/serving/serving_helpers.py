@@ -57,7 +57,7 @@ def python_repo(tmp_path_factory, tiny_dir: Path) -> Path:
 
     out = tmp_path_factory.mktemp("triton") / "repo"
     args = ["triton-repo", "--backend", "python", "--config", str(tiny_dir / "config.yaml"), "--ckpt",
-            str(tiny_dir / "bimacosr_tiny.pth"), "--vq-ckpt", str(tiny_dir / "vqgan.pth"), "--vq-dtype", "float32",
+            str(tiny_dir / "bimacosr_tiny.pth"), "--vq-ckpt", str(tiny_dir / "vqgan.pth"), "--vq-precision", "fp32",
             "--out", str(out), "--tile", str(TILE), "--max-size", str(MAX_SIZE), "--max-batch", "4"]
     result = CliRunner().invoke(app, args)
     assert result.exit_code == 0, result.output

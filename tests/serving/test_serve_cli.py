@@ -40,7 +40,7 @@ def test_serve_answers_and_stops_cleanly_on_a_signal(tiny_dir, tmp_path, sig):
     env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")]))
     cmd = [sys.executable, "-m", "bimaco_deploy.cli", "serve", "--config", str(tiny_dir / "config.yaml"),
            "--ckpt", str(tiny_dir / "bimacosr_tiny.pth"), "--vq-ckpt", str(tiny_dir / "vqgan.pth"),
-           "--vq-dtype", "float32", "--backend", "torch", "--host", "127.0.0.1",
+           "--vq-precision", "fp32", "--backend", "torch", "--host", "127.0.0.1",
            "--http-port", str(http), "--grpc-port", str(grpc), "--tile", "64"]
     with open(log, "wb") as out:
         proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env=env)

@@ -93,7 +93,7 @@ def test_served_sr_equals_local_infer_torch_bit_for_bit(triton_server, tiny_dir,
     served.mkdir()
     for args in (["infer", str(src), str(local), "--backend", "torch", "--config", str(tiny_dir / "config.yaml"),
                   "--ckpt", str(tiny_dir / "bimacosr_tiny.pth"), "--vq-ckpt", str(tiny_dir / "vqgan.pth"),
-                  "--vq-dtype", "float32", "--tile", str(TILE), "--seed", "11"],
+                  "--vq-precision", "fp32", "--tile", str(TILE), "--seed", "11"],
                  ["infer", str(src), str(served), "--server", triton_server.http_url, "--seed", "11"]):
         result = CliRunner().invoke(app, args)
         assert result.exit_code == 0, result.output

@@ -392,5 +392,3 @@ class TrtParityRunner(ParityRunner):
             e.close()
         self._engines.clear()
         self._tmp.cleanup()
-
-        return OnnxRuntimeBackend(replace(self.spec, device="cpu")).autoencoder(vq_ckpt, precision, graphs=graphs)

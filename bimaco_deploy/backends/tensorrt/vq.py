@@ -170,8 +170,7 @@ def build_vq_engine(
         config.int8_calibrator = _calibrator(calibration or [], cache)
         config.set_calibration_profile(prof)
     cache_path = Path(timing_cache) if timing_cache else None
-    cache_bytes = cache_path.read_bytes() if cache_path is not None and cache_path.is_file() else b""
-    config.set_timing_cache(config.create_timing_cache(cache_bytes), ignore_mismatch=False)
+    _cache = trt_builder.attach_timing_cache(config, cache_path)  # checked before minutes of building
     t0 = time.perf_counter()
     serialized = builder.build_serialized_network(network, config)
     if serialized is None:
@@ -179,7 +178,7 @@ def build_vq_engine(
     out = Path(out)
     trt_builder._atomic_write(out, bytes(serialized))
     if cache_path is not None:
-        trt_builder._atomic_write(cache_path, bytes(config.get_timing_cache().serialize()))
+        trt_builder.save_timing_cache(config, cache_path)
     return {"engine": str(out), "engine_bytes": out.stat().st_size, "onnx": str(onnx_path), "tensorrt": trt.__version__,
             "precision": precision, "plan": asdict(plan), "profile": {k: {kk: list(vv) for kk, vv in v.items()}
                                                                      for k, v in profile.items()},

@@ -89,3 +89,12 @@ def assert_backend_computes_the_reference(runner, reference, x, t, lq, out, *, f
     )
     assert result.explained, result.summary()
     return result.summary()
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _isolated_graph_cache(tmp_path_factory):
+    """Graphs made on first use (INT8 calibration, VQ graphs) go to a cache of this test session,
+    not the user's ~/.cache: a test never reuses, or leaves behind, graphs of another run."""
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("BIMACO_CACHE", str(tmp_path_factory.mktemp("bimaco-cache")))
+        yield

@@ -219,7 +219,7 @@ class Backend(ABC):
         # the onnxruntime backend's autoencoder on the CPU, looked up by name (no import cycle)
         from dataclasses import replace
 
-        ort = get_backend("onnxruntime")(replace(self.spec, device="cpu", artifacts=None))
+        ort = get_backend("onnxruntime")(replace(self.spec, device="cpu", **{f: None for f in SPEC_OPTIONS}))
         return ort.autoencoder(vq_ckpt, precision, graphs=graphs)
 
     def describe_autoencoder(self, vq: VQLike, vq_ckpt: Optional[PathLike] = None) -> str:

@@ -24,10 +24,12 @@ as inference does. Everything is deterministic for a given sample list.
 
 from __future__ import annotations
 
+import contextlib
+import logging
 import re
 import tempfile
 from pathlib import Path
-from typing import Any, Dict, List, Optional, Sequence, Tuple
+from typing import Any, Dict, Iterator, List, Optional, Sequence, Tuple
 
 import numpy as np
 import onnx
@@ -175,6 +177,19 @@ class _Samples:
         return len(self.items)
 
 
+@contextlib.contextmanager
+def _quiet_root_logger() -> Iterator[None]:
+    # onnxruntime.quantization logs "Please consider to run pre-processing" on the root logger for
+    # every graph: advice for classifiers (shape inference / folding) that our graphs do not need
+    root = logging.getLogger()
+    level = root.level
+    root.setLevel(logging.ERROR)
+    try:
+        yield
+    finally:
+        root.setLevel(level)
+
+
 def check_quantized(model: onnx.ModelProto, what: str) -> None:
     """``onnx.checker`` (full check) and strict shape inference; raises naming ``what``."""
     try:
@@ -194,7 +209,7 @@ def quantize_graph(model: onnx.ModelProto, input_name: str, samples: Sequence[np
     if not samples:
         raise InputError(f"{what}: no calibration samples")
     weight_only = weight_only_nodes(model)
-    with tempfile.TemporaryDirectory(prefix="bimaco-quant-") as tmp:
+    with tempfile.TemporaryDirectory(prefix="bimaco-quant-") as tmp, _quiet_root_logger():
         src, dst = Path(tmp) / "float.onnx", Path(tmp) / "int8.onnx"
         onnx.save_model(model, str(src))
         q.quantize_static(

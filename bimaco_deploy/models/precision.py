@@ -25,6 +25,7 @@ behind the pipeline's autoencoder interface (float32 in and out).
 from __future__ import annotations
 
 import contextlib
+import copy
 import platform
 import warnings
 from typing import ContextManager, Optional, Tuple, Union
@@ -152,6 +153,9 @@ class TorchVQ:
         check_torch_precision(precision, device)
         self.precision = precision
         self.device = torch.device(device)
+        if precision != "fp32":
+            # a cast copy: the caller's model (often also wrapped at fp32, as check does) stays float32
+            model = copy.deepcopy(model)
         model = model.to(self.device).eval().requires_grad_(False)
         if precision == "fp16":
             model = model.half()

@@ -173,12 +173,14 @@ def test_python_repository_places_checkpoints_and_sets_the_runtime(tmp_path, tin
     assert (repo / N.UNET / "1" / "bimacosr_tiny.pth").read_bytes() == (tiny_dir / "bimacosr_tiny.pth").read_bytes()
     enc = {k: v.string_value for k, v in cfgs[N.VQ_ENCODER].parameters.items()}
     assert enc["vq_ckpt"] == "vqgan.pth" and enc["vq_dtype"] == "float32"
-    # the autoencoder kept in float32 hands its latent on in float32 (float16 when the config keeps it in fp16)
+    # the autoencoder hands its latent on in float32 at any precision
     assert type_name(cfgs[N.VQ_ENCODER].output[0].data_type) == "TYPE_FP32"
     tiled = {k: v.string_value for k, v in cfgs[N.TILED].parameters.items()}
     assert (tiled["tile"], tiled["max_size"]) == ("64", "128")
-    fp16 = write_repository(tmp_path / "repo16", backend="python", config=tiny_dir / "config.yaml").path
-    assert type_name(parse(fp16 / N.VQ_ENCODER / "config.pbtxt").output[0].data_type) == "TYPE_FP16"
+    fp16 = write_repository(tmp_path / "repo16", backend="python", config=tiny_dir / "config.yaml", vq_dtype="float16").path
+    enc16 = parse(fp16 / N.VQ_ENCODER / "config.pbtxt")
+    assert enc16.parameters["vq_dtype"].string_value == "float16"
+    assert type_name(enc16.output[0].data_type) == "TYPE_FP32"
 
 
 def test_missing_engines_are_named_with_the_commands_that_build_them(tmp_path, artifacts):

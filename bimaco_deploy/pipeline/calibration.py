@@ -152,7 +152,10 @@ def ensure_vq_graphs(
     Made once and cached (see the module docstring); says where, and whether it is
     calibrating (minutes for the published model) or reusing a cached pair.
     """
+    import onnx
+
     from ..export.layer_params import state_to_numpy
+    from ..export.provenance import weights_metadata
     from ..export.vq import ONNX_VQ_PRECISIONS, vq_graphs
     from ..export.vq_quant import RECIPE
     from ..models.autoencoder import load_autoencoder
@@ -186,11 +189,14 @@ def ensure_vq_graphs(
     samples = calibration_samples(images, sf=config.diffusion.sf if config.diffusion else 4) if images else None
     enc, dec, info = vq_graphs(config.autoencoder, state, precision, samples=samples, source=str(vq_ckpt or "random init"),
                                say=say)
+    for m in (enc, dec):  # say which weights they carry, as an export's graphs do (infer names them, warns on random)
+        meta = {p.key: p.value for p in m.metadata_props}
+        meta.update(weights_metadata(vq_ckpt, seed))
+        del m.metadata_props[:]
+        onnx.helper.set_model_props(m, meta)
     folder.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{folder.name}.tmp-", dir=folder.parent))
     try:
-        import onnx
-
         onnx.save_model(enc, str(tmp / VQ_ENCODER_FILE))
         onnx.save_model(dec, str(tmp / VQ_DECODER_FILE))
         record = {"key": key, "made_from": key_parts, "calibration_images": [p.name for p, _ in images], **info}

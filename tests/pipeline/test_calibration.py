@@ -78,3 +78,12 @@ def test_int8_graphs_are_made_once_and_remade_when_the_calibration_set_changes(t
         ensure_vq_graphs(cfg, None, "fp32", seed=1, cache=tmp_path / "cache")
     # nothing half-written is left beside the cache entries
     assert not [p for p in (tmp_path / "cache" / "vq").iterdir() if p.name.startswith(".")]
+
+
+def test_cached_graphs_say_which_weights_they_carry(tmp_path):
+    from bimaco_deploy.export import provenance
+    from bimaco_deploy.export.artifacts import VQ_ENCODER_FILE
+
+    folder = ensure_vq_graphs(load_config("bimacosr-tiny"), None, "fp32", seed=7, cache=tmp_path)
+    meta = provenance.read_metadata(folder / VQ_ENCODER_FILE)
+    assert provenance.describe_weights(meta) == "seeded random weights (seed 7)"

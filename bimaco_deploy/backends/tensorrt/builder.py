@@ -527,44 +527,15 @@ def build_from_onnx(
     # The global registry: the runtime that deserializes the engine later looks there too.
     lib = load_plugin_library(trt, trt.get_plugin_registry(), plugin_lib) if needs_plugin else None
 
-    flags = 0
-    if plan.strongly_typed and plan.trt_major == 10:
-        # TensorRT 11 networks are strongly typed without (and deprecate) the flag
-        flags |= 1 << int(trt.NetworkDefinitionCreationFlag.STRONGLY_TYPED)
-    network = builder.create_network(flags)
-    parser = trt.OnnxParser(network, logger)
-    if not parser.parse_from_file(str(onnx_path)):
-        errors = _parser_errors(parser)
-        raise ArtifactError(
-            f"TensorRT could not parse {onnx_path} ({len(errors)} error(s)):\n  " + "\n  ".join(errors)
-        )
-
-    config = builder.create_builder_config()
-    if plan.fp16_flag:
-        config.set_flag(trt.BuilderFlag.FP16)
-    if workspace_mib is not None:
-        config.set_memory_pool_limit(trt.MemoryPoolType.WORKSPACE, int(workspace_mib) << 20)
-    prof = builder.create_optimization_profile()
-    for i in range(network.num_inputs):
-        name = network.get_input(i).name
-        if name not in profile:
-            raise ArtifactError(f"TensorRT network input '{name}' is not an input of {onnx_path}")
-        r = profile[name]
-        prof.set_shape(name, r.min, r.opt, r.max)
-    config.add_optimization_profile(prof)
-
+    network, config, _prof = parse_and_configure(trt, builder, logger, onnx_path, profile,
+                                                 strongly_typed=plan.strongly_typed and plan.trt_major == 10,
+                                                 fp16=plan.fp16_flag, workspace_mib=workspace_mib)
     cache_path = Path(timing_cache) if timing_cache else None
-    cache = attach_timing_cache(config, cache_path)  # noqa: F841  (must outlive the build)
-
-    t0 = time.perf_counter()
-    serialized = builder.build_serialized_network(network, config)
-    build_s = time.perf_counter() - t0
-    if serialized is None:
-        raise BimacoError(f"TensorRT failed to build an engine from {onnx_path}; see the TensorRT log above")
+    serialized, build_s = build_serialized(builder, network, config, onnx_path, cache_path)
     out_path = Path(out)
     _atomic_write(out_path, bytes(serialized))
     if cache_path is not None:
-        save_timing_cache(config, cache_path)
+        save_timing_cache(config, cache_path)  # written after the engine: what the build learned
     return {
         "engine": str(out_path),
         "engine_bytes": out_path.stat().st_size,
@@ -576,3 +547,49 @@ def build_from_onnx(
         "timing_cache": str(cache_path) if cache_path else None,
         "build_seconds": round(build_s, 2),
     }
+
+
+def parse_and_configure(trt: Any, builder: Any, logger: Any, onnx_path: Path, profile: Dict[str, ShapeRange], *,
+                        strongly_typed: bool = False, fp16: bool = False, int8: bool = False,
+                        workspace_mib: Optional[int] = None) -> Tuple[Any, Any, Any]:
+    """(network, builder config, optimization profile) for one ONNX file: parsed (every parser
+    error reported), precision flags set, the one profile added. ``strongly_typed`` sets
+    TensorRT 10's flag (TensorRT 11 networks are strongly typed without, and deprecate, it).
+    Plugins the graph needs must be registered before this is called: the parser checks every node."""
+    flags = 1 << int(trt.NetworkDefinitionCreationFlag.STRONGLY_TYPED) if strongly_typed else 0
+    network = builder.create_network(flags)
+    parser = trt.OnnxParser(network, logger)
+    if not parser.parse_from_file(str(onnx_path)):
+        errors = _parser_errors(parser)
+        raise ArtifactError(
+            f"TensorRT could not parse {onnx_path} ({len(errors)} error(s)):\n  " + "\n  ".join(errors)
+        )
+    config = builder.create_builder_config()
+    if fp16:
+        config.set_flag(trt.BuilderFlag.FP16)
+    if int8:
+        config.set_flag(trt.BuilderFlag.INT8)
+    if workspace_mib is not None:
+        config.set_memory_pool_limit(trt.MemoryPoolType.WORKSPACE, int(workspace_mib) << 20)
+    prof = builder.create_optimization_profile()
+    for i in range(network.num_inputs):
+        name = network.get_input(i).name
+        if name not in profile:
+            raise ArtifactError(f"TensorRT network input '{name}' of {onnx_path} has no profile "
+                                f"(the profile covers {', '.join(sorted(profile))})")
+        r = profile[name]
+        prof.set_shape(name, r.min, r.opt, r.max)
+    config.add_optimization_profile(prof)
+    return network, config, prof
+
+
+def build_serialized(builder: Any, network: Any, config: Any, onnx_path: Path,
+                     cache_path: Optional[Path]) -> Tuple[bytes, float]:
+    """Attach the timing cache (checked first: :func:`attach_timing_cache`), build, and return
+    (the serialized engine, build seconds); a failed build is an error naming ``onnx_path``."""
+    cache = attach_timing_cache(config, cache_path)  # noqa: F841  (must outlive the build)
+    t0 = time.perf_counter()
+    serialized = builder.build_serialized_network(network, config)
+    if serialized is None:
+        raise BimacoError(f"TensorRT failed to build an engine from {onnx_path}; see the TensorRT log above")
+    return bytes(serialized), time.perf_counter() - t0

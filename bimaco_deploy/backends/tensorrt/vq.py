@@ -20,14 +20,13 @@ them, written against TensorRT 10.3 - 11.x and tested only where TensorRT and a 
 from __future__ import annotations
 
 import json
-import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Dict, Iterable, Optional, Sequence, Tuple, Union
 
 import numpy as np
 
-from ...errors import ArtifactError, BackendUnavailable, BimacoError, InputError
+from ...errors import ArtifactError, BackendUnavailable, InputError
 from ...export.artifacts import VQ_DECODER_FILE, VQ_ENCODER_FILE
 from . import builder as trt_builder
 
@@ -140,29 +139,10 @@ def build_vq_engine(
     builder = trt.Builder(logger)
     if builder is None:
         raise BackendUnavailable("TensorRT could not create a builder (no usable GPU or driver?)")
-    flags = 0
-    if plan.strongly_typed and plan.trt_major == 10:
-        flags |= 1 << int(trt.NetworkDefinitionCreationFlag.STRONGLY_TYPED)
-    network = builder.create_network(flags)
-    parser = trt.OnnxParser(network, logger)
-    if not parser.parse_from_file(str(onnx_path)):
-        errors = trt_builder._parser_errors(parser)
-        raise ArtifactError(f"TensorRT could not parse {onnx_path} ({len(errors)} error(s)):\n  " + "\n  ".join(errors))
-    config = builder.create_builder_config()
-    if plan.fp16_flag:
-        config.set_flag(trt.BuilderFlag.FP16)
-    if plan.int8_flag:
-        config.set_flag(trt.BuilderFlag.INT8)
-    if workspace_mib is not None:
-        config.set_memory_pool_limit(trt.MemoryPoolType.WORKSPACE, int(workspace_mib) << 20)
-    prof = builder.create_optimization_profile()
-    for i in range(network.num_inputs):
-        name = network.get_input(i).name
-        if name not in profile:
-            raise ArtifactError(f"TensorRT network input '{name}' of {onnx_path} has no profile (expected {sorted(profile)})")
-        r = profile[name]
-        prof.set_shape(name, r["min"], r["opt"], r["max"])
-    config.add_optimization_profile(prof)
+    ranges = {name: trt_builder.ShapeRange(tuple(r["min"]), tuple(r["opt"]), tuple(r["max"])) for name, r in profile.items()}
+    network, config, prof = trt_builder.parse_and_configure(
+        trt, builder, logger, onnx_path, ranges, strongly_typed=plan.strongly_typed and plan.trt_major == 10,
+        fp16=plan.fp16_flag, int8=plan.int8_flag, workspace_mib=workspace_mib)
     if plan.calibrator:
         cache = Path(calib_cache) if calib_cache else Path(out).with_suffix(".calib")
         if not calibration and not cache.is_file():
@@ -170,19 +150,15 @@ def build_vq_engine(
         config.int8_calibrator = _calibrator(calibration or [], cache)
         config.set_calibration_profile(prof)
     cache_path = Path(timing_cache) if timing_cache else None
-    _cache = trt_builder.attach_timing_cache(config, cache_path)  # checked before minutes of building
-    t0 = time.perf_counter()
-    serialized = builder.build_serialized_network(network, config)
-    if serialized is None:
-        raise BimacoError(f"TensorRT failed to build an engine from {onnx_path}; see the TensorRT log above")
+    serialized, build_s = trt_builder.build_serialized(builder, network, config, onnx_path, cache_path)
     out = Path(out)
-    trt_builder._atomic_write(out, bytes(serialized))
+    trt_builder._atomic_write(out, serialized)
     if cache_path is not None:
         trt_builder.save_timing_cache(config, cache_path)
     return {"engine": str(out), "engine_bytes": out.stat().st_size, "onnx": str(onnx_path), "tensorrt": trt.__version__,
             "precision": precision, "plan": asdict(plan), "profile": {k: {kk: list(vv) for kk, vv in v.items()}
                                                                      for k, v in profile.items()},
-            "build_seconds": round(time.perf_counter() - t0, 2)}
+            "build_seconds": round(build_s, 2)}
 
 
 def build_vq_engines(

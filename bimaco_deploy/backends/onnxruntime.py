@@ -83,6 +83,19 @@ def make_session(model: Union[PathLike, bytes, Any], *, device: str = "auto", th
         raise ArtifactError(f"ONNX Runtime could not load the model: {str(e).splitlines()[0][:300]}") from e
 
 
+def shrinking_run_options() -> Any:
+    """RunOptions that hand the CPU arena's memory back after each run.
+
+    Without them a session keeps its arena at the high-water mark of its largest run, and the
+    VQ encoder's and decoder's arenas add up to the UNet's peak: one 1200x900 photo in 256 px
+    tiles held 20 GB of a 24 GB machine (INT8 autoencoder, published config). Measured on a
+    512 px image: peak 2.66 -> 1.99 GB, memory after each run 2.66 -> 0.42 GB, same speed.
+    """
+    ro = _ort().RunOptions()
+    ro.add_run_config_entry("memory.enable_memory_arena_shrinkage", "cpu:0")
+    return ro
+
+
 def model_metadata(session: Any) -> Dict[str, str]:
     return dict(session.get_modelmeta().custom_metadata_map)
 
@@ -125,6 +138,7 @@ class OrtUNet:
     def __init__(self, artifacts: PathLike, *, device: str = "auto", threads: Optional[int] = None):
         self.path = _resolve(artifacts, PORTABLE_FILE)
         self.session = make_session(self.path, device=device, threads=threads)
+        self._run_options = shrinking_run_options()
         self.metadata = model_metadata(self.session)
         if self.metadata.get("graph_form") == "custom":
             raise ArtifactError(f"{self.path}: holds custom bimaco nodes; ONNX Runtime needs unet_portable.onnx")
@@ -163,7 +177,7 @@ class OrtUNet:
         self.check_inputs(x.shape, timesteps.shape, lq.shape)
         feeds = {"x": x.astype(self.float_dtype, copy=False), "timesteps": timesteps.astype(np.int64, copy=False),
                  "lq": lq.astype(self.float_dtype, copy=False)}
-        return self.session.run(["out", *extra_outputs], feeds)
+        return self.session.run(["out", *extra_outputs], feeds, self._run_options)
 
     def __call__(self, x: Any, timesteps: Any, lq: Any):
         xa, as_torch = _to_numpy(x, self.float_dtype, "x")
@@ -195,6 +209,7 @@ class OrtVQ:
         self.metadata = meta = model_metadata(self.encoder)
         self.downscale = int(meta.get("downscale", "4"))
         self.precision = graph_precision(meta)
+        self._run_options = shrinking_run_options()
         self.folder = Path(artifacts)
         if precision is not None and precision != self.precision:
             raise ArtifactError(
@@ -209,13 +224,13 @@ class OrtVQ:
         arr, as_torch = _to_numpy(image, np.float32, "image")
         if arr.ndim != 4 or arr.shape[2] % self.downscale or arr.shape[3] % self.downscale:
             raise InputError(f"image has shape {arr.shape}; expected [N, 3, H, W] with H, W multiples of {self.downscale}")
-        return _like(self.encoder.run(None, {"image": arr})[0], as_torch, image)
+        return _like(self.encoder.run(None, {"image": arr}, self._run_options)[0], as_torch, image)
 
     def decode(self, latent: Any):
         arr, as_torch = _to_numpy(latent, np.float32, "latent")
         if arr.ndim != 4:
             raise InputError(f"latent has shape {arr.shape}; expected [N, C, h, w]")
-        return _like(self.decoder.run(None, {"latent": arr})[0], as_torch, latent)
+        return _like(self.decoder.run(None, {"latent": arr}, self._run_options)[0], as_torch, latent)
 
     def __repr__(self) -> str:
         return f"OrtVQ({self.precision}, {self.folder})"

@@ -100,7 +100,7 @@ class OneStepSR:
         vq: the VQ-f4 autoencoder: anything with ``encode``/``decode``/``downscale`` taking and
             returning float32 (a :class:`~bimaco_deploy.models.precision.TorchVQ`, the ONNX Runtime
             or TensorRT autoencoder of a backend). A bare torch :class:`VQModel` is wrapped in a
-            ``TorchVQ`` (cast IN PLACE) at ``vq_dtype``, or at the default precision of its device
+            ``TorchVQ`` (a cast copy for fp16/bf16) at ``vq_dtype``, or at the default precision of its device
             (fp32 on CPU, fp16 on GPU; the config's ``use_fp16`` no longer decides it).
         config: the model config (needs the ``diffusion`` section).
         pad_multiple: LR sides are reflect-padded to multiples of this. 64 is the original

@@ -118,7 +118,7 @@ class TritonServer:
 
     def __init__(self, repository: PathLike, *, http_port: int = 8000, grpc_port: int = 8001,
                  metrics_port: Optional[int] = None, host: str = "127.0.0.1", log_path: Optional[PathLike] = None,
-                 exit_timeout_s: int = 10, log_verbose: int = 0, dist: Optional[TritonDist] = None,
+                 exit_timeout_s: int = 30, log_verbose: int = 0, dist: Optional[TritonDist] = None,
                  backend_dir: Optional[PathLike] = None, extra_args: Sequence[str] = ()):
         self.repository = Path(repository)
         self.dist = dist  # None: the bundled server (see bundled_tritonserver)
@@ -227,9 +227,13 @@ class TritonServer:
         raise ServerError(f"tritonserver was not ready after {timeout_s:.0f} s; its log ({self.log_path}) ends:\n"
                           f"{self.log_tail()}")
 
-    def stop(self, timeout_s: float = 30.0) -> Optional[int]:
+    def stop(self, timeout_s: Optional[float] = None) -> Optional[int]:
         """SIGTERM (tritonserver waits for in-flight requests and unloads its models), then
-        SIGKILL to the whole process group after ``timeout_s``. Returns the exit code."""
+        SIGKILL to the whole process group after ``timeout_s`` (default: the server's own exit
+        timeout + 15 s, so that it can finish by itself). Returns the exit code."""
+        # unloading the Python stages' models took over 10 s on a busy 2-core machine: Triton then
+        # gave up with "Exit timeout expired" and exit code 1; its default is 30 s
+        timeout_s = self.exit_timeout_s + 15.0 if timeout_s is None else timeout_s
         proc, self.proc = self.proc, None
         code = None
         if proc is not None:

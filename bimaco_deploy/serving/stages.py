@@ -31,7 +31,8 @@ from ..pipeline.onestep import OneStepSR
 from ..pipeline.tiling import TileCanvas, plan_tiles, tile_generator
 from . import names as N
 
-_DTYPES = {"float16": torch.float16, "float32": torch.float32}
+#: the repository parameter vq_dtype -> the autoencoder precision word (bimaco_deploy.models.precision)
+_PRECISION_OF_DTYPE = {"float16": "fp16", "float32": "fp32"}
 
 
 class _Geometry:
@@ -236,10 +237,10 @@ class _Network(Stage):
         super().__init__(args, params, pb)
         self.runtime = params.get("runtime", "torch")
         vq_dtype = params.get("vq_dtype")
-        if vq_dtype and vq_dtype not in _DTYPES:
+        if vq_dtype and vq_dtype not in _PRECISION_OF_DTYPE:
             raise ConfigError(f"{self.name}: parameter vq_dtype must be float16 or float32, got {vq_dtype!r}")
         # the torch autoencoder's precision (None: the device default, fp32 on a CPU)
-        self.vq_precision = {"float16": "fp16", "float32": "fp32"}[vq_dtype] if vq_dtype else None
+        self.vq_precision = _PRECISION_OF_DTYPE[vq_dtype] if vq_dtype else None
 
     def spec(self, **kw: Any) -> BackendSpec:
         return BackendSpec(self.runtime, self.config, seed=self.seed, device="cpu", **kw)

@@ -147,3 +147,14 @@ def test_one_256px_tile_of_the_tiny_autoencoder_stays_in_bounded_memory():
         sr = super_resolve(small, lr, seed=0)
     assert sr.shape == (1, 3, 1024, 1024)
     assert mem.peak_mib - mem.start_mib < 2048, f"one 256 px tile took {mem.peak_mib - mem.start_mib:.0f} MiB"
+
+
+def test_autoencoder_batch_is_one_tile_on_a_cpu_and_the_estimate_covers_the_measured_peak(pipe):
+    from bimaco_deploy.pipeline.tiling import autoencoder_tile_bytes, default_vq_batch
+
+    assert default_vq_batch(pipe, 256, 256) == 1
+    published = OneStepSR(identity_unet, build_autoencoder(load_config("bimacosr").autoencoder, seed=0),
+                          load_config("bimacosr"), vq_dtype=torch.float32)
+    # the float32 decoder of a 256 px tile measured 6.6 GB peak RSS (3.5 GB the encoder): the GPU
+    # batch divides a quarter of free memory by this, so it must not sit far below the measured peak
+    assert 6.0e9 < autoencoder_tile_bytes(published, 256, 256) < 8.0e9
